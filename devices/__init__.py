@@ -1,0 +1,1 @@
+"""Device backends: where a candidate's latency is measured."""
