@@ -1,0 +1,109 @@
+"""The search loop end to end on digits with the local device, resume after kill -9, bad options."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from akd_mobile.runs import RunStore
+from akd_mobile.search import SearchConfig, run_search
+from cli import cli
+from latency_db import open_db
+
+TINY = dict(data="digits", budget=4, batch=2, proxy_steps=20, target_ms=5.0, runs=5, warmup=1)
+
+
+def _rows(db_path: Path, run_id: int):
+    return RunStore(open_db(db_path).conn).candidates(run_id)
+
+
+@pytest.mark.slow
+def test_tiny_search_on_digits_with_the_local_device(tmp_path):
+    db = tmp_path / "akd.sqlite"
+    summary = run_search(SearchConfig(**TINY, strategy="rl", seed=1), db)
+    assert summary.status == "done" and summary.evaluated + summary.failed == 4
+    assert summary.evaluated >= 3, summary
+    rows = _rows(db, summary.run_id)
+    assert [(r.step, r.slot) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for r in rows:
+        if r.status == "done":
+            assert 0.0 <= r.accuracy <= 1.0 and r.latency_ms > 0 and r.reward > 0
+    # the latency of every candidate is now in the database: a second run measures nothing
+    again = run_search(SearchConfig(**TINY, strategy="rl", seed=1), db)
+    assert all(r.latency_cached for r in _rows(db, again.run_id) if r.status == "done")
+    assert again.time_split_s["export_s"] == 0 and again.time_split_s["measure_s"] == 0
+
+
+@pytest.mark.slow
+def test_ce_reward_needs_no_teacher(tmp_path):
+    summary = run_search(SearchConfig(**{**TINY, "budget": 2}, reward="ce", teacher="/nonexistent.pt2"), tmp_path / "db.sqlite")
+    assert summary.evaluated == 2
+
+
+@pytest.mark.slow
+def test_resume_after_kill_loses_nothing_and_repeats_nothing(tmp_path):
+    db = tmp_path / "akd.sqlite"
+    args = [
+        sys.executable, "-m", "cli", "search", "--data", "digits", "--budget", "8", "--batch", "2",
+        "--proxy-steps", "20", "--target-ms", "5", "--strategy", "evolution", "--db", str(db), "--json",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    done_before: dict[int, float] = {}
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if db.exists():
+                try:
+                    conn = sqlite3.connect(db, timeout=5)
+                    done_before = dict(conn.execute("SELECT id, finished_at FROM candidates WHERE status != 'pending'").fetchall())
+                    conn.close()
+                except sqlite3.OperationalError:
+                    continue
+            if len(done_before) >= 3:
+                break
+        assert proc.poll() is None, "the search ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(done_before) >= 3
+    result = CliRunner().invoke(cli, ["search", "--resume", "1", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "done"
+    rows = _rows(db, 1)
+    assert len(rows) == 8
+    assert sorted((r.step, r.slot) for r in rows) == [(s, k) for s in range(1, 5) for k in range(2)]
+    assert all(r.status != "pending" for r in rows)
+    after = {r.id: r.finished_at for r in rows}
+    assert all(after[i] == t for i, t in done_before.items()), "a finished candidate was evaluated again"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "toaster"], "unknown device 'toaster'"),
+        (["--target-ms", "-3"], "--target-ms must be positive"),
+        (["--strategy", "bayes"], "--strategy must be one of"),
+        (["--reward", "mse"], "--reward must be one of"),
+        (["--budget", "0"], "--budget must be at least 1"),
+        (["--format", "onnx"], "--format must be one of"),
+        (["--teacher", "/nonexistent/teacher.pt2", "--data", "digits"], "teacher"),
+        (["--data", "/nonexistent/data"], "/nonexistent/data"),
+        (["--resume", "99"], "no search run 99"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["search", "--db", str(tmp_path / "db.sqlite"), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines

@@ -1,0 +1,152 @@
+"""The search loop's bookkeeping with a closed-form evaluator (no training, no export):
+storage, failures, reuse, interruption and resume."""
+
+from __future__ import annotations
+
+import pytest
+
+import akd_mobile.search as search_module
+from akd_mobile.errors import SearchError
+from akd_mobile.reward import RewardConfig, mnas_reward
+from akd_mobile.runs import CandidateOutcome, RunStore
+from akd_mobile.search import SearchConfig, run_search
+from akd_mobile.space import get_space
+from latency_db import open_db
+
+SPACE = get_space("mnasnet-small")
+
+
+class FakeEvaluator:
+    """Accuracy and latency in closed form from the arch's cost; records what it evaluates."""
+
+    calls: list[str] = []
+    fail_keys: set[str] = set()
+    interrupt_at: int | None = None
+
+    def __init__(self, config, db, device, measure):
+        self.space = SPACE
+        self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)
+
+    def evaluate(self, arch):
+        calls = type(self).calls
+        if type(self).interrupt_at is not None and len(calls) == type(self).interrupt_at:
+            type(self).interrupt_at = None
+            raise KeyboardInterrupt
+        calls.append(arch.key)
+        if arch.key in type(self).fail_keys:
+            return CandidateOutcome("failed", error="ExportError: does not convert")
+        cost = SPACE.cost(arch)
+        accuracy = min(1.0, cost.params / 400_000)
+        latency = cost.macs / 5e6
+        return CandidateOutcome("done", accuracy=accuracy, latency_ms=latency,
+                                reward=mnas_reward(accuracy, latency, self.reward_config), params=cost.params)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeEvaluator.calls = []
+    FakeEvaluator.fail_keys = set()
+    FakeEvaluator.interrupt_at = None
+    monkeypatch.setattr(search_module, "Evaluator", FakeEvaluator)
+    return FakeEvaluator
+
+
+CONFIG = SearchConfig(budget=10, batch=4, target_ms=1.5, seed=3)
+
+
+def rows(db_path, run_id):
+    return RunStore(open_db(db_path)).candidates(run_id)
+
+
+def test_rows_steps_and_summary(fake, tmp_path):
+    db = tmp_path / "db.sqlite"
+    summary = run_search(CONFIG, db)
+    stored = rows(db, summary.run_id)
+    assert [(r.step, r.slot) for r in stored] == [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3), (3, 0), (3, 1)]
+    assert summary.status == "done" and summary.evaluated == 10 and summary.failed == 0
+    best = max(stored, key=lambda r: r.reward)
+    assert summary.best["arch"] == best.arch
+    under = [r for r in stored if r.latency_ms <= 1.5]
+    if under:
+        assert summary.best_under_target["accuracy"] == max(r.accuracy for r in under)
+    run = RunStore(open_db(db)).get_run(summary.run_id)
+    assert run.step == 3 and run.config["target_ms"] == 1.5 and run.config["threads"] == 1
+    assert "torch" in run.versions
+
+
+def test_failed_candidates_are_recorded_and_the_search_goes_on(fake, tmp_path):
+    db = tmp_path / "db.sqlite"
+    first = run_search(CONFIG, db)
+    bad = rows(db, first.run_id)[1]
+    fake.fail_keys = {bad.arch_key}
+    fake.calls = []
+    second = run_search(CONFIG, db)
+    failed = [r for r in rows(db, second.run_id) if r.status == "failed"]
+    assert failed and all(r.reward is None and "does not convert" in r.error for r in failed)
+    assert second.failed == len(failed) and second.evaluated == 10 - len(failed)
+
+
+def test_many_failures_in_a_row_stop_the_search_resumably(fake, tmp_path, monkeypatch):
+    db = tmp_path / "db.sqlite"
+    monkeypatch.setattr(FakeEvaluator, "evaluate", lambda self, arch: CandidateOutcome("failed", error="DeviceError: phone gone"))
+    with pytest.raises(SearchError, match=r"5 candidates in a row failed.*phone gone.*--resume 1"):
+        run_search(CONFIG, db)
+    assert RunStore(open_db(db)).get_run(1).status == "failed"
+
+
+def test_a_repeated_arch_is_reused_not_evaluated_again(fake, tmp_path, monkeypatch):
+    arch = SPACE.sample(__import__("random").Random(0))
+    monkeypatch.setattr(search_module, "make_strategy", lambda name, space, seed: _Constant(arch))
+    db = tmp_path / "db.sqlite"
+    run_search(SearchConfig(budget=5, batch=2, target_ms=1.0), db)
+    stored = rows(db, 1)
+    assert fake.calls == [arch.key]
+    assert [r.reused for r in stored] == [0, 1, 1, 1, 1]
+    assert len({r.reward for r in stored}) == 1
+
+
+class _Constant:
+    name = "constant"
+
+    def __init__(self, arch):
+        self.arch = arch
+
+    def propose(self, n):
+        return [self.arch] * n
+
+    def update(self, archs, rewards):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_interrupted_search_resumes_without_loss_or_repeats(fake, tmp_path):
+    straight = run_search(CONFIG, tmp_path / "straight.sqlite")
+    expected = [(r.step, r.slot, r.arch) for r in rows(tmp_path / "straight.sqlite", straight.run_id)]
+
+    db = tmp_path / "db.sqlite"
+    fake.calls = []
+    fake.interrupt_at = 6  # the 7th evaluation is interrupted: step 2, slot 2
+    with pytest.raises(KeyboardInterrupt):
+        run_search(CONFIG, db)
+    before = {r.id: r.finished_at for r in rows(db, 1) if r.status == "done"}
+    assert len(before) == 6 and RunStore(open_db(db)).get_run(1).status == "interrupted"
+    summary = run_search(None, db, resume=1)
+    after = rows(db, 1)
+    assert [(r.step, r.slot, r.arch) for r in after] == expected
+    assert all(r.status == "done" for r in after)
+    assert all(after_row.finished_at == before[after_row.id] for after_row in after if after_row.id in before)
+    assert len(fake.calls) == 10 and summary.evaluated == 10
+    with pytest.raises(SearchError, match="has finished"):
+        run_search(None, db, resume=1)
+
+
+def test_unknown_run_and_bad_config(fake, tmp_path):
+    with pytest.raises(SearchError, match="no search run 7"):
+        run_search(None, tmp_path / "db.sqlite", resume=7)
+    with pytest.raises(SearchError, match="--batch must be at least 1"):
+        run_search(SearchConfig(batch=0), tmp_path / "db.sqlite")
