@@ -206,17 +206,9 @@ def runs_show(run_id, top, db_path, as_json):
 # ---------------------------------------------------------------- latency
 
 
-def db_option(f):
-    """--db PATH: the latency database (default: $AKD_DB or the user's data folder)."""
-    return click.option(
-        "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-        help="Latency database file (default: $AKD_DB, else the user's data folder).",
-    )(f)
-
-
 def _stats_line(r: dict[str, Any]) -> str:
     return (f"median {r['median_ms']:.3f} ms  mean {r['mean_ms']:.3f}  std {r['std_ms']:.3f}  "
-            f"p90 {r['p90_ms']:.3f}  min {r['min_ms']:.3f}  ({r['count']} runs)")
+            f"p90 {r['p90_ms'] or float('nan'):.3f}  min {r['min_ms']:.3f}  ({r['count']} runs)")
 
 
 @cli.command("bench")
@@ -261,9 +253,10 @@ def bench(model_or_arch, device_name, fmt, threads, warmup, runs, space_name, in
 @json_option
 def export(arch, fmt, out, weights, space_name, input_shape, classes, as_json):
     """Export ARCH to .tflite (litert-torch) or .pte (ExecuTorch + XNNPACK)."""
-    from akd_mobile.export import export_model, save_as
+    from akd_mobile.export import check_out_path, export_model, save_as
 
     spec = _space(space_name, input_shape, classes).decode(arch)
+    check_out_path(out, fmt)
     result = export_model(spec, fmt, weights=weights)
     save_as(result, out)
     d = {**result.to_dict(), "out": str(out), "arch_key": spec.key}
@@ -344,6 +337,226 @@ def latency_import(file, db_path, as_json):
     with open_db(db_path) as db:
         r = import_measurements(db, file)
     emit({"added": r.added, "skipped": r.skipped}, as_json, f"added {r.added}, skipped {r.skipped} already present")
+
+
+# ---------------------------------------------------------------- devices
+
+
+@cli.group("devices")
+def devices_group() -> None:
+    """Device profiles, phones over ADB, and their benchmark tools."""
+
+
+@devices_group.command("list")
+@json_option
+def devices_list(as_json):
+    """Profiles, and whether each device answers now."""
+    from devices.manage import list_devices
+
+    rows = list_devices()
+    emit(rows, as_json, "\n".join(
+        f"{r['name']:<10} {r['backend']:<6} {'answers' if r['answers'] else 'no answer':<9}  "
+        f"{r['description']}{'' if r['answers'] else '  (' + r['reason'] + ')'}" for r in rows))
+
+
+@devices_group.command("info")
+@click.argument("name")
+@json_option
+def devices_info(name, as_json):
+    """Model, SoC, ABI, cores, frequencies, runtimes and fingerprint of device NAME (profile or .toml)."""
+    from devices.profiles import open_device
+
+    info = open_device(name).info().to_dict()
+    emit(info, as_json, "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+@devices_group.command("setup")
+@click.argument("name")
+@json_option
+def devices_setup(name, as_json):
+    """Push the benchmark tools of NAME's profile to the device (once; checksummed)."""
+    from devices.manage import setup_device
+
+    rows = setup_device(name)
+    emit(rows, as_json, "\n".join(
+        f"{r['format']}: {r['remote']} sha256 {r['sha256'][:16]} {'pushed' if r['pushed'] else 'already there'}"
+        for r in rows))
+
+
+@devices_group.command("check")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default="tflite", show_default=True)
+@json_option
+def devices_check(name, fmt, as_json):
+    """Push a tiny model to NAME, run its tool, parse and print the latency."""
+    from devices.manage import check_device
+
+    r = check_device(name, fmt)
+    lat = r["latency"]
+    emit(r, as_json, f"{r['device']}: ok, tiny .{fmt} model median {lat['median_ms']:.3g} ms "
+                     f"over {lat['count']} runs ({r['threads']} thread(s))")
+
+
+@devices_group.command("keygen")
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Private key file (default: $XDG_CONFIG_HOME/akd-mobile/adbkey).")
+@click.option("--force", is_flag=True, help="Replace an existing key.")
+@json_option
+def devices_keygen(path, force, as_json):
+    """Write an ADB RSA key pair (private key 0600) for phones and the loopback daemon."""
+    from devices.adb_keys import generate_key
+
+    key = generate_key(path, force)
+    emit({"private_key": str(key), "public_key": f"{key}.pub"}, as_json, f"wrote {key} and {key}.pub")
+
+
+@cli.group("loopback")
+def loopback_group() -> None:
+    """The loopback ADB device: this host served over the real ADB protocol (for CI)."""
+
+
+@loopback_group.command("serve")
+@click.option("--port", type=click.IntRange(0, 65535), default=15555, show_default=True, help="TCP port on 127.0.0.1 (0: any free one).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Sandbox folder served as the device filesystem (default: <cache>/loopback/root).")
+@click.option("--keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="adbkey.pub lines of the keys allowed to connect (default: the .pub of the default ADB key).")
+def loopback_serve(port, root, keys):
+    """Serve an ADB daemon on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    from akd_mobile.export import default_cache_dir
+    from devices.adb_keys import default_key_path
+    from devices.adb_protocol import load_public_keys
+    from devices.loopback import LoopbackConfig, serve
+
+    keys = keys or Path(f"{default_key_path()}.pub")
+    serve(LoopbackConfig(root or default_cache_dir() / "loopback" / "root", load_public_keys(keys), port))
+
+
+# ---------------------------------------------------------------- teachers and distillation
+
+
+def torch_options(f):
+    """--torch-device and --threads: where torch trains, and on how many CPU threads."""
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine).")(f)
+    f = click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when present).")(f)
+    return f
+
+
+def _epoch_progress(epochs: int, label: str):
+    """A rich progress bar on stderr and the per-epoch callback that advances it."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    progress = Progress(*Progress.get_default_columns(), "{task.fields[acc]}", console=Console(stderr=True))
+    task = progress.add_task(label, total=epochs, acc="")
+    return progress, lambda epoch, acc: progress.update(task, completed=epoch, acc=f"val {acc:.4f}")
+
+
+@cli.group()
+def teacher() -> None:
+    """Train, list and check teachers."""
+
+
+@teacher.command("train")
+@click.option("--recipe", required=True, help="Built-in recipe (see `teacher list`).")
+@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@click.option("--epochs", type=click.IntRange(min=1), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step (default: the recipe's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@torch_options
+@json_option
+def teacher_train(recipe, data, epochs, out, lr, batch_size, seed, torch_device, threads, as_json):
+    """Train a recipe teacher on labels, save it to --out and report its test accuracy."""
+    from akd_mobile.data import load_dataset
+    from akd_mobile.distill import torch_threads
+    from akd_mobile.teachers import get_recipe, save_teacher, train_teacher
+
+    get_recipe(recipe)
+    dataset = load_dataset(data, seed=seed)
+    progress, on_epoch = _epoch_progress(epochs, f"teacher {recipe}")
+    with torch_threads(threads), progress:
+        model, result = train_teacher(recipe, dataset, epochs, lr, batch_size, seed, torch_device, on_epoch)
+    save_teacher(model, result, dataset, out)
+    row = {**result.__dict__, "out": str(out)}
+    emit(row, as_json, f"{recipe}: test accuracy {result.test_accuracy:.4f} after {epochs} epochs "
+                       f"({result.train_s:.0f} s); saved {out}")
+
+
+@teacher.command("list")
+@json_option
+def teacher_list(as_json):
+    """List the built-in teacher recipes."""
+    from akd_mobile.teachers import RECIPES
+
+    rows = [{"recipe": r.name, "family": r.family, "description": r.description} for r in RECIPES.values()]
+    emit(rows, as_json, "\n".join(f"{r['recipe']:<12} {r['description']}" for r in rows))
+
+
+@teacher.command("eval")
+@click.argument("spec", default="default")
+@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@torch_options
+@json_option
+def teacher_eval(spec, data, split, torch_device, threads, as_json):
+    """Top-1 accuracy of teacher SPEC (default, a file, or files joined by ',') on a data split."""
+    from akd_mobile.data import load_dataset
+    from akd_mobile.distill import torch_device as resolve, torch_threads
+    from akd_mobile.teachers import evaluate_teacher, load_teacher
+
+    resolve(torch_device)
+    t, dataset = load_teacher(spec), load_dataset(data)
+    with torch_threads(threads):
+        acc = evaluate_teacher(t, dataset, split, torch_device)
+    row = {"teacher": spec, "hash": t.hash, "members": len(t.models), "data": dataset.name, "split": split, "accuracy": acc}
+    emit(row, as_json, f"{spec}: {split} accuracy {acc:.4f} on {dataset.name}")
+
+
+@cli.command("distill")
+@click.argument("arch")
+@click.option("--teacher", "teacher_spec", default="default", show_default=True,
+              help="Teacher: default, a .pt2/TorchScript/checkpoint file, or several joined by ','.")
+@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@click.option("--epochs", type=click.IntRange(min=1), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="State dict to write.")
+@click.option("--mode", type=click.Choice(["kd", "ce"]), default="kd", show_default=True,
+              help="kd: distil from the teacher; ce: labels only.")
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default="cosine", show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--temperature", type=float, default=4.0, show_default=True)
+@click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the KD term.")
+@click.option("--space", "space_name", default="mnasnet-small", show_default=True, help="Search space preset.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@torch_options
+@json_option
+def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_size, temperature, alpha, space_name,
+            seed, torch_device, threads, as_json):
+    """Fully train student ARCH (KD from --teacher, or --mode ce), save its weights, report test accuracy."""
+    import torch
+
+    from akd_mobile.data import load_dataset
+    from akd_mobile.distill import TrainConfig, torch_device as resolve, torch_threads, train_student
+    from akd_mobile.space import get_space
+    from akd_mobile.teachers import cached_logits, load_teacher
+
+    resolve(torch_device)
+    config = TrainConfig(epochs, batch_size, lr, schedule, temperature=temperature, alpha=alpha)
+    dataset = load_dataset(data, seed=seed)
+    student = get_space(space_name, dataset.input_shape, dataset.num_classes).decode(arch)
+    progress, on_epoch = _epoch_progress(epochs, f"student {student.key}")
+    with torch_threads(threads):
+        logits = cached_logits(load_teacher(teacher_spec), dataset, device=torch_device) if mode == "kd" else None
+        with progress:
+            model, result = train_student(student, dataset, logits, config, mode, seed, torch_device, on_epoch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    row = {**result.__dict__, "arch": student.canonical, "key": student.key, "teacher": teacher_spec if mode == "kd" else None,
+           "data": dataset.name, "out": str(out)}
+    emit(row, as_json, f"{student.key}: test accuracy {result.test_accuracy:.4f} after {epochs} epochs ({mode}); saved {out}")
 
 
 def main() -> None:

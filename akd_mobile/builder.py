@@ -56,7 +56,9 @@ class SearchLayer(nn.Module):
         self.shortcut: nn.Module | None = None
         self.residual = plan.skip == "pool" or (plan.skip == "id" and plan.residual)
         if plan.skip == "pool":
-            pool = nn.AvgPool2d(3, s, 1)
+            # Zero padding as its own op, then an unpadded pool: the same values as
+            # AvgPool2d(3, s, 1), but both XNNPACK and LiteRT run it as one delegated pool.
+            pool = nn.Sequential(nn.ZeroPad2d(1), nn.AvgPool2d(3, s))
             self.shortcut = nn.Sequential(pool, *_conv_bn(cin, cout, 1)) if cin != cout else pool
         elif self.residual:
             self.shortcut = nn.Identity()
@@ -82,7 +84,8 @@ class StudentNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.layers(self.stem(x)))
-        return self.classifier(self.dropout(x.mean((2, 3))))
+        # keepdim then flatten: the .tflite graph keeps no transpose before the classifier
+        return self.classifier(self.dropout(x.mean((2, 3), keepdim=True).flatten(1)))
 
 
 def build_student(arch: ArchSpec, dropout: float = 0.0, seed: int | None = None) -> StudentNet:

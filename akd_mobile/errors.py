@@ -41,3 +41,7 @@ class DatabaseError(AkdError):
 
 class SearchError(AkdError):
     """A bad search configuration or an unknown run."""
+
+
+class DistillError(AkdError):
+    """A bad training budget or schedule, or a student that does not fit the data set."""

@@ -88,22 +88,34 @@ def search_progress(budget: int, quiet: bool = False) -> Iterator[Callable[[Any]
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("ETA"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("search", total=budget)
+    bar = Progress(*columns, console=console)
+    task = bar.add_task("search", total=budget)
+    started = False
 
-        def update(p: Any) -> None:
-            best = ""
-            if p.best is not None:
-                best = f" | best reward {p.best.reward:.4f} acc {p.best.accuracy:.4f} lat {p.best.latency_ms:.3f} ms"
-            bar.update(task, completed=p.done, total=p.budget, description=f"run {p.run_id} step {p.step}{best}")
-            if p.last is not None:
-                c = p.last.to_dict()
-                timing = ""
-                if c["status"] == "done":
-                    timing = f"  (kd {c['train_s'] or 0:.1f} s, export {c['export_s'] or 0:.1f} s, measure {c['measure_s'] or 0:.1f} s{', reused' if c['reused'] else ''})"
-                bar.console.print(f"[{p.done}/{p.budget}] {_candidate_line(c)}{timing}", highlight=False)
+    def update(p: Any) -> None:
+        nonlocal started
+        if not started:  # shown from the first finished candidate: set-up errors stay one line
+            bar.start()
+            started = True
+        best = ""
+        if p.best is not None:
+            best = f" | best reward {p.best.reward:.4f} acc {p.best.accuracy:.4f} lat {p.best.latency_ms:.3f} ms"
+        bar.update(task, completed=p.done, total=p.budget, description=f"run {p.run_id} step {p.step}{best}")
+        if p.last is not None:
+            c = p.last.to_dict()
+            timing = ""
+            if c["status"] == "done":
+                timing = (
+                    f"  (kd {c['train_s'] or 0:.1f} s, export {c['export_s'] or 0:.1f} s, "
+                    f"measure {c['measure_s'] or 0:.1f} s{', reused' if c['reused'] else ''})"
+                )
+            bar.console.print(f"[{p.done}/{p.budget}] {_candidate_line(c)}{timing}", highlight=False, soft_wrap=True)
 
+    try:
         yield update
+    finally:
+        if started:
+            bar.stop()
 
 
 def format_summary(summary: Any) -> str:

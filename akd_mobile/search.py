@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("tflite", "pte")
 REWARDS = ("kd", "ce")
 MAX_FAILURES_IN_A_ROW = 5
+# One torch thread for the proxy: the export worker has the other core, and on a busy
+# 2-core machine two threads are several times slower than one (docs/distill.md).
+TRAIN_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,60 @@ class Progress:
     last: CandidateRow | None
 
 
+class ExportPrefetcher:
+    """Exports candidates in a background process while the foreground trains others.
+
+    A new candidate costs an export (seconds of converter work) and a KD proxy run; with
+    the batch known up front, the exports of a step run one after another in a worker
+    process, so candidate i+1 converts while candidate i trains. The worker writes into
+    the export cache, where the foreground's `export_model` then finds the file.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.pool: Any = None
+        self.futures: dict[str, Any] = {}
+
+    def submit(self, archs: list[ArchSpec]) -> None:
+        """Queue the exports of `archs` (those not queued already)."""
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        from akd_mobile.export import export_model
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_export_worker_init)
+        for arch in archs:
+            if arch.key not in self.futures:
+                self.futures[arch.key] = self.pool.submit(export_model, arch, self.fmt)
+
+    def wait(self, arch: ArchSpec) -> None:
+        """Block until the export of `arch` (if queued) is done; raise its error."""
+        future = self.futures.pop(arch.key, None)
+        if future is not None:
+            future.result()
+
+    def close(self) -> None:
+        """Stop the worker, dropping exports not started."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.futures.clear()
+
+
+def _export_worker_init() -> None:
+    """One torch thread, and the converters' C++ log chatter kept off the terminal (an
+    export's error still reaches the search as the future's exception)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
 class Evaluator:
     """Scores candidates: latency through the latency database, accuracy by proxy training."""
 
@@ -145,11 +202,29 @@ class Evaluator:
         if config.proxy_steps is not None:
             budget = dataclasses.replace(budget, steps=config.proxy_steps)
         self.budget = budget
+        self.prefetcher = ExportPrefetcher(config.fmt)
         self.teacher_logits = None
         if config.reward == "kd":
             from akd_mobile.teachers import cached_logits, load_teacher
 
             self.teacher_logits = cached_logits(load_teacher(config.teacher), self.data)
+
+    def prefetch(self, archs: list[ArchSpec]) -> None:
+        """Start exporting the candidates whose latency the database does not hold."""
+        from akd_mobile.latency import runtime_version
+
+        info = self.device.info()
+        runtime = runtime_version(info, self.config.fmt)
+        misses = [
+            a for a in archs
+            if self.db.lookup(a.key, self.config.fmt, info.fingerprint, self.measure["threads"], runtime) is None
+        ]
+        if misses:
+            self.prefetcher.submit(misses)
+
+    def close(self) -> None:
+        """Release the background exporter."""
+        self.prefetcher.close()
 
     def evaluate(self, arch: ArchSpec) -> CandidateOutcome:
         """Latency first (a database hit costs nothing, an export failure skips training),
@@ -160,13 +235,17 @@ class Evaluator:
         cost = self.space.cost(arch)
         export_s = measure_s = train_s = 0.0
         try:
+            tick = time.perf_counter()
+            self.prefetcher.wait(arch)
+            waited_s = time.perf_counter() - tick
             lat = arch_latency(
                 arch, self.device, self.db, fmt=self.config.fmt, threads=self.measure["threads"],
                 warmup=self.measure["warmup"], runs=self.measure["runs"],
             )
-            export_s, measure_s = lat.export_s, lat.measure_s
+            export_s, measure_s = waited_s + lat.export_s, lat.measure_s
             score = proxy_score(
-                arch, self.data, self.teacher_logits, self.budget, mode=self.config.reward, seed=self.config.seed
+                arch, self.data, self.teacher_logits, self.budget, mode=self.config.reward, seed=self.config.seed,
+                threads=TRAIN_THREADS,
             )
             train_s = score.train_s + score.eval_s
             latency_ms = lat.result.median_ms
@@ -188,15 +267,16 @@ def measurement_settings(config: SearchConfig) -> tuple[dict[str, int], float]:
     """Threads, warm-up and runs, and the latency target: the config's, else the profile's."""
     from devices.profiles import load_profile
 
-    settings = load_profile(config.device).settings
+    profile = load_profile(config.device)
+    settings = profile.settings
     measure = {
         "threads": config.threads or int(settings.get("threads", 1)),
         "warmup": config.warmup if config.warmup is not None else int(settings.get("warmup", 5)),
         "runs": config.runs or int(settings.get("runs", 30)),
     }
-    target = config.target_ms or settings.get("target_ms")
+    target = config.target_ms or profile.target_ms
     if target is None:
-        raise SearchError(f"device {config.device} names no target_ms: give --target-ms")
+        raise SearchError(f"device profile {config.device} sets no target_ms: give --target-ms")
     return measure, float(target)
 
 
@@ -254,7 +334,10 @@ def run_search(
         if state is not None:
             strategy.load_state_dict(state)
         store.set_status(run_id, "running")
-        _loop(config, space, store, run_id, step, strategy, evaluator, on_progress)
+        try:
+            _loop(config, space, store, run_id, step, strategy, evaluator, on_progress)
+        finally:
+            evaluator.close()
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted")
         raise
@@ -281,6 +364,7 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress) 
             stored = store.candidates(run_id, step)
         elif [r.arch for r in stored] != [a.canonical for a in proposed]:
             log.warning("run %d step %d: stored candidates differ from a fresh proposal; using the stored", run_id, step)
+        evaluator.prefetch([space.decode(r.arch) for r in stored if r.status == "pending"])
         for row in stored:
             if row.status == "pending":
                 arch = space.decode(row.arch)

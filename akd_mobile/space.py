@@ -96,9 +96,14 @@ class ArchSpec:
 
     @property
     def key(self) -> str:
-        """Short stable key: names this architecture in the database, files and logs."""
-        c, h, w = self.input_shape
-        ident = f"{self.space}|{c}x{h}x{w}|{self.num_classes}|{self.canonical}"
+        """Short stable key: names this architecture in the database, files and logs.
+
+        It hashes the space's name, input shape and class count, the canonical string, and
+        the preset's fixed structure (stem, widths, depths, strides, head), so a change to a
+        preset can never let an old measurement stand for a different network.
+        """
+        space = get_space(self.space, self.input_shape, self.num_classes)
+        ident = f"{space.signature}|{self.canonical}"
         return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
     def to_json(self) -> dict[str, Any]:
@@ -185,6 +190,16 @@ class SearchSpace:
     base_depths: tuple[int, ...]
     strides: tuple[int, ...]
     channel_divisor: int
+
+    @property
+    def signature(self) -> str:
+        """Everything that fixes the network besides the decisions, as one string."""
+        c, h, w = self.input_shape
+        return (
+            f"{self.name}|{c}x{h}x{w}|{self.num_classes}|stem{self.stem_channels}s{self.stem_stride}"
+            f"|w{','.join(map(str, self.base_widths))}|d{','.join(map(str, self.base_depths))}"
+            f"|s{','.join(map(str, self.strides))}|head{self.head_channels}|div{self.channel_divisor}"
+        )
 
     @property
     def num_blocks(self) -> int:
@@ -435,11 +450,11 @@ def _small(input_shape: tuple[int, int, int], num_classes: int) -> SearchSpace:
         input_shape=input_shape,
         num_classes=num_classes,
         stem_channels=8,
-        stem_stride=1,
+        stem_stride=2,
         head_channels=128,
         base_widths=(8, 12, 16, 24, 32, 40, 80),
         base_depths=(1, 2, 3, 4, 3, 3, 1),
-        strides=(1, 2, 1, 2, 1, 2, 1),
+        strides=(1, 1, 1, 2, 1, 2, 1),
         channel_divisor=2,
     )
 

@@ -63,17 +63,18 @@ def test_same_seed_same_weights_and_training_step_works():
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def _block2_layers(op, skip):
-    """The layer plans of block 2 of a small arch whose block 2 takes the given choices."""
-    rest = [f"dw_k3_se0_none_f100_l{SMALL.base_depths[b]}" for b in range(2, 7)]
-    arch = SMALL.decode("-".join(["dw_k3_se0_none_f100_l1", f"{op}_k3_se0_{skip}_f100_l2", *rest]))
-    return [p for p in SMALL.plan(arch) if p.block == 1]
+def _block4_layers(skip):
+    """The layer plans of block 4 (stride 2, 16 -> 24 channels) of a small arch with the given skip."""
+    blocks = [f"dw_k3_se0_none_f100_l{SMALL.base_depths[b]}" for b in range(7)]
+    blocks[3] = f"mb3_k3_se0_{skip}_f100_l3"
+    return [p for p in SMALL.plan(SMALL.decode("-".join(blocks))) if p.block == 3]
 
 
 @pytest.mark.parametrize("skip", ["none", "pool", "id"])
 def test_skip_ops_follow_the_documented_rules(skip):
-    first, second = _block2_layers("mb3", skip)
-    # block 2 changes shape in its first layer (stride 2, 8 -> 12 channels) and keeps it in the second
+    first, second, *_ = _block4_layers(skip)
+    # block 4 changes shape in its first layer (stride 2, 16 -> 24 channels) and keeps it in the second
+    assert (first.stride, first.in_ch, first.out_ch) == (2, 16, 24)
     assert not first.residual and second.residual
     l1, l2 = SearchLayer(first), SearchLayer(second)
     if skip == "none":
@@ -82,8 +83,10 @@ def test_skip_ops_follow_the_documented_rules(skip):
         assert l1.shortcut is None and isinstance(l2.shortcut, torch.nn.Identity)
     else:
         pool, conv = l1.shortcut[0], l1.shortcut[1]
-        assert isinstance(pool, torch.nn.AvgPool2d) and pool.stride == 2
-        assert isinstance(conv, torch.nn.Conv2d) and (conv.in_channels, conv.out_channels) == (8, 12)
-        assert isinstance(l2.shortcut, torch.nn.AvgPool2d) and l2.shortcut.stride == 1
-    x = torch.randn(1, 8, 28, 28)
-    assert l2(l1(x)).shape == (1, 12, 14, 14)
+        assert isinstance(pool[1], torch.nn.AvgPool2d) and pool[1].stride == 2
+        assert isinstance(conv, torch.nn.Conv2d) and (conv.in_channels, conv.out_channels) == (16, 24)
+        assert isinstance(l2.shortcut[1], torch.nn.AvgPool2d) and l2.shortcut[1].stride == 1
+        x = torch.randn(1, 24, 7, 7)
+        assert torch.allclose(l2.shortcut(x), torch.nn.functional.avg_pool2d(x, 3, 1, 1), atol=1e-6)
+    x = torch.randn(1, 16, *first.in_hw)
+    assert l2(l1(x)).shape == (1, 24, *second.out_hw) == (1, 24, 7, 7)

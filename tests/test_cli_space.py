@@ -48,7 +48,7 @@ def test_sample_text_lists_keys_and_costs():
 def test_describe_reports_totals_and_per_block_shapes():
     data = json.loads(run("space", "describe", ARCH, "--json").output)
     assert data["arch"] == ARCH and len(data["blocks"]) == 7
-    assert data["blocks"][0]["in_shape"] == [8, 28, 28]
+    assert data["blocks"][0]["in_shape"] == [8, 14, 14]
     assert data["blocks"][-1]["out_shape"] == [80, 4, 4]
     parts = data["stem"]["params"] + data["head"]["params"] + sum(b["params"] for b in data["blocks"])
     assert parts == data["params"]
@@ -58,7 +58,7 @@ def test_describe_reports_totals_and_per_block_shapes():
 
 def test_describe_other_input_shape():
     data = json.loads(run("space", "describe", ARCH, "--input", "3x32x32", "--json").output)
-    assert data["blocks"][0]["in_shape"] == [8, 32, 32] and data["input_shape"] == [3, 32, 32]
+    assert data["blocks"][0]["in_shape"] == [8, 16, 16] and data["input_shape"] == [3, 32, 32]
 
 
 def test_size_json():

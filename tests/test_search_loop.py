@@ -20,12 +20,19 @@ class FakeEvaluator:
     """Accuracy and latency in closed form from the arch's cost; records what it evaluates."""
 
     calls: list[str] = []
+    prefetched: list[list[str]] = []
     fail_keys: set[str] = set()
     interrupt_at: int | None = None
 
     def __init__(self, config, db, device, measure):
         self.space = SPACE
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)
+
+    def prefetch(self, archs):
+        type(self).prefetched.append([a.key for a in archs])
+
+    def close(self):
+        pass
 
     def evaluate(self, arch):
         calls = type(self).calls
@@ -45,6 +52,7 @@ class FakeEvaluator:
 @pytest.fixture
 def fake(monkeypatch):
     FakeEvaluator.calls = []
+    FakeEvaluator.prefetched = []
     FakeEvaluator.fail_keys = set()
     FakeEvaluator.interrupt_at = None
     monkeypatch.setattr(search_module, "Evaluator", FakeEvaluator)
@@ -135,8 +143,11 @@ def test_interrupted_search_resumes_without_loss_or_repeats(fake, tmp_path):
         run_search(CONFIG, db)
     before = {r.id: r.finished_at for r in rows(db, 1) if r.status == "done"}
     assert len(before) == 6 and RunStore(open_db(db)).get_run(1).status == "interrupted"
+    fake.prefetched = []
     summary = run_search(None, db, resume=1)
     after = rows(db, 1)
+    # the resumed step asks for exports of its two unfinished candidates only
+    assert fake.prefetched[0] == [r.arch_key for r in after if r.step == 2 and r.slot >= 2]
     assert [(r.step, r.slot, r.arch) for r in after] == expected
     assert all(r.status == "done" for r in after)
     assert all(after_row.finished_at == before[after_row.id] for after_row in after if after_row.id in before)

@@ -1,0 +1,153 @@
+"""A candidate's latency: from the database when known, else exported, measured and stored.
+
+`arch_latency` is what the search loop calls per candidate; `measure_arch` and
+`measure_file` always measure (the `bench` command).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from akd_mobile.errors import DeviceError
+from akd_mobile.space import ArchSpec
+from devices.base import Device, DeviceInfo, LatencyResult
+from latency_db.store import Artifact, LatencyDB
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WARMUP = 10
+DEFAULT_RUNS = 50
+# Which runtime of DeviceInfo.runtimes runs each format.
+RUNTIMES = {"tflite": "litert", "pte": "executorch"}
+
+
+@dataclass(frozen=True)
+class LatencyOutcome:
+    """A latency and where it came from.
+
+    Attributes:
+        result: the statistics.
+        cached: True when read from the database (nothing exported or measured).
+        export_s: seconds spent exporting (a cache lookup when the file existed).
+        measure_s: seconds spent measuring.
+        artifact: the measured model file, None for a database hit.
+        arch_key: the architecture's key, None for a file of unknown architecture.
+        fmt: `tflite` or `pte`.
+        device_fingerprint: the device's fingerprint.
+        runtime_version: e.g. `litert 2.3.0`.
+    """
+
+    result: LatencyResult
+    cached: bool
+    export_s: float
+    measure_s: float
+    artifact: Path | None
+    arch_key: str | None
+    fmt: str
+    device_fingerprint: str
+    runtime_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, statistics flattened in."""
+        return {
+            "arch_key": self.arch_key,
+            "format": self.fmt,
+            "device_fingerprint": self.device_fingerprint,
+            "runtime_version": self.runtime_version,
+            "cached": self.cached,
+            "export_s": self.export_s,
+            "measure_s": self.measure_s,
+            "artifact": str(self.artifact) if self.artifact else None,
+            **self.result.to_dict(),
+        }
+
+
+def runtime_version(info: DeviceInfo, fmt: str) -> str:
+    """The version string of the runtime that runs `fmt` on this device, e.g. `litert 2.3.0`."""
+    if fmt not in RUNTIMES:
+        raise DeviceError(f"unknown format {fmt!r}; choose one of {', '.join(RUNTIMES)}")
+    name = RUNTIMES[fmt]
+    version = info.runtimes.get(name)
+    if not version or version == "missing":
+        raise DeviceError(f"device {info.model} has no {name} runtime for .{fmt} files")
+    return f"{name} {version}"
+
+
+def arch_latency(
+    arch: ArchSpec,
+    device: Device,
+    db: LatencyDB,
+    fmt: str = "tflite",
+    threads: int = 1,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    weights: Path | None = None,
+) -> LatencyOutcome:
+    """Latency of `arch` on `device`: a database hit, else export, measure and record.
+
+    The database is keyed by (arch key, format, device fingerprint, threads, runtime
+    version); weights, warm-up and run counts do not enter the key.
+
+    Raises:
+        ExportError: the export fails or disagrees with PyTorch.
+        DeviceError: the device cannot run the model.
+    """
+    info = device.info()
+    runtime = runtime_version(info, fmt)
+    hit = db.lookup(arch.key, fmt, info.fingerprint, threads, runtime)
+    if hit is not None:
+        return LatencyOutcome(hit, True, 0.0, 0.0, None, arch.key, fmt, info.fingerprint, runtime)
+    return measure_arch(arch, device, db, fmt, threads, warmup, runs, weights)
+
+
+def measure_arch(
+    arch: ArchSpec,
+    device: Device,
+    db: LatencyDB,
+    fmt: str = "tflite",
+    threads: int = 1,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    weights: Path | None = None,
+) -> LatencyOutcome:
+    """Export `arch` (a cache lookup when already exported), measure it and record it."""
+    from akd_mobile.export import export_model
+
+    runtime = runtime_version(device.info(), fmt)
+    exported = export_model(arch, fmt, weights=weights)
+    artifact = Artifact(exported.sha256, fmt, exported.size_bytes, arch.to_json(), exported.converter_version)
+    return _measure(device, db, exported.path, artifact, arch.key, runtime, threads, warmup, runs,
+                    exported.seconds)
+
+
+def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
+                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS) -> LatencyOutcome:
+    """Measure a `.tflite` or `.pte` file and record it (under the architecture key an
+    earlier export of the same bytes recorded, if any)."""
+    from akd_mobile.export import file_sha256
+    from devices.local import check_artifact
+
+    path = check_artifact(path)
+    fmt = path.suffix[1:]
+    runtime = runtime_version(device.info(), fmt)
+    sha = file_sha256(path)
+    artifact = Artifact(sha, fmt, path.stat().st_size)
+    return _measure(device, db, path, artifact, db.arch_key_of(sha), runtime, threads, warmup, runs, 0.0)
+
+
+def _measure(device: Device, db: LatencyDB, path: Path, artifact: Artifact, arch_key: str | None,
+             runtime: str, threads: int, warmup: int, runs: int, export_s: float) -> LatencyOutcome:
+    info = device.info()
+    start = time.perf_counter()
+    result = device.measure(path, threads, warmup, runs)
+    measure_s = time.perf_counter() - start
+    conditions = getattr(device, "last_conditions", None)  # adb devices: thermal state, CPU mask, ...
+    db.record(info, result, fmt=artifact.fmt, threads=threads, warmup=warmup, runs=runs,
+              runtime_version=runtime, arch_key=arch_key, artifact=artifact, device_name=device.name,
+              thermal=conditions.to_json() if conditions is not None else None)
+    log.info("%s %s on %s: median %.3f ms", arch_key or path.name, artifact.fmt, device.name, result.median_ms)
+    return LatencyOutcome(result, False, export_s, measure_s, path, arch_key, artifact.fmt, info.fingerprint, runtime)

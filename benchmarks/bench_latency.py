@@ -1,0 +1,198 @@
+"""Repeatability and overhead of `bench` on the local device, and export times.
+
+    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50]
+
+1. Repeatability: `akd-mobile bench MODEL --json` (a fresh child process each time, as the
+   search runs it) on the same model, `--repeats` times per format; the coefficient of
+   variation of the medians (target <= 3%).
+2. Harness overhead: our measurement (`LocalDevice.measure`, per-run timing in a child
+   process) against the runtime's own loop (the interpreter's `invoke()`, or ExecuTorch's
+   `execute()`, timed back to back in this process, total / count), alternated `--repeats`
+   times; overhead = median over the alternations of ours / theirs - 1 (target < 5% on a
+   >= 5 ms model). Our median and our mean are both compared with their mean.
+3. Export time of one mnasnet-small and one mnasnet-imagenet candidate to each format:
+   cold (empty cache) and cached, each an `akd-mobile export` process; wall time of the
+   command and the conversion time it reports.
+
+The figures replace the block between the markers in docs/latency.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "latency.md"
+START, END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"
+EXE = str(Path(sys.executable).with_name("akd-mobile"))
+WARMUP = 10
+
+
+def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([EXE, *args, "--json"], capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout), wall
+
+
+def repeatability(models: dict[str, Path], repeats: int, runs: int, env: dict[str, str]) -> list[dict]:
+    rows = []
+    for fmt, path in models.items():
+        medians, minima, walls = [], [], []
+        for _ in range(repeats):
+            d, wall = _cli("bench", str(path), "--runs", str(runs), "--warmup", str(WARMUP), env=env)
+            medians.append(d["median_ms"])
+            minima.append(d["min_ms"])
+            walls.append(wall)
+        rows.append({"format": fmt, "medians_ms": medians, "cv_pct": _cv(medians), "min_cv_pct": _cv(minima),
+                     "bench_wall_s": statistics.median(walls)})
+    return rows
+
+
+def _cv(values: list[float]) -> float:
+    return 100 * statistics.pstdev(values) / statistics.fmean(values)
+
+
+def _runtime_loop(path: Path, runs: int) -> float:
+    """Mean ms per inference of the runtime's own call, timed back to back (1 thread)."""
+    if path.suffix == ".tflite":
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path), num_threads=1)
+        interp.allocate_tensors()
+        (inp,) = interp.get_input_details()
+        interp.set_tensor(inp["index"], np.random.default_rng(0).standard_normal(inp["shape"]).astype(np.float32))
+        call = interp.invoke
+    else:
+        import torch
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+
+        _unsafe_reset_threadpool(1)
+        method = Runtime.get().load_program(path).load_method("forward")
+        x = [torch.randn(tuple(method.metadata.input_tensor_meta(0).sizes()))]
+        call = lambda: method.execute(x)  # noqa: E731
+    for _ in range(WARMUP):
+        call()
+    start = time.perf_counter()
+    for _ in range(runs):
+        call()
+    return (time.perf_counter() - start) * 1000 / runs
+
+
+def overhead(models: dict[str, Path], repeats: int, runs: int) -> list[dict]:
+    from devices.local import LocalDevice
+
+    device = LocalDevice()
+    rows = []
+    for fmt, path in models.items():
+        pairs = []
+        for _ in range(repeats):
+            r = device.measure(path, threads=1, warmup=WARMUP, runs=runs)
+            pairs.append((r.median_ms, r.mean_ms, _runtime_loop(path, runs)))
+        rows.append({"format": fmt, "ours_median_ms": statistics.median(p[0] for p in pairs),
+                     "ours_mean_ms": statistics.median(p[1] for p in pairs),
+                     "loop_mean_ms": statistics.median(p[2] for p in pairs),
+                     "overhead_median_pct": 100 * (statistics.median(p[0] / p[2] for p in pairs) - 1),
+                     "overhead_mean_pct": 100 * (statistics.median(p[1] / p[2] for p in pairs) - 1)})
+    return rows
+
+
+def export_times(archs: dict[str, str], env: dict[str, str]) -> list[dict]:
+    rows = []
+    for space, arch in archs.items():
+        for fmt in ("tflite", "pte"):
+            for state in ("cold", "cached"):
+                with tempfile.TemporaryDirectory() as out:
+                    d, wall = _cli("export", arch, "--space", space, "--format", fmt, "--out",
+                                   str(Path(out) / f"m.{fmt}"), env=env)
+                assert d["cached"] == (state == "cached")
+                rows.append({"space": space, "format": fmt, "state": state, "wall_s": wall,
+                             "export_s": d["seconds"], "size_bytes": d["size_bytes"],
+                             "max_abs_diff": d["max_abs_diff"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+
+    from akd_mobile.export import export_model
+    from akd_mobile.space import get_space
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="akd-bench-") as tmp:
+        env = {**os.environ, "AKD_CACHE_DIR": f"{tmp}/cache", "AKD_DB": f"{tmp}/latency.sqlite"}
+        os.environ.update(AKD_CACHE_DIR=env["AKD_CACHE_DIR"])
+        big = get_space("mnasnet-imagenet").sample(random.Random(0))
+        small = get_space("mnasnet-small").sample(random.Random(0))
+        models = {fmt: export_model(big, fmt).path for fmt in ("tflite", "pte")}
+        rep = repeatability(models, args.repeats, args.runs, env)
+        over = overhead(models, args.repeats, args.runs)
+        env["AKD_CACHE_DIR"] = f"{tmp}/cache-exports"
+        exp = export_times({"mnasnet-small": small.canonical, "mnasnet-imagenet": big.canonical}, env)
+    load_after = os.getloadavg()
+
+    cmd = f".venv/bin/python benchmarks/bench_latency.py --repeats {args.repeats} --runs {args.runs}"
+    lines = [
+        START,
+        f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after: other jobs shared the CPUs, "
+        "so the figures are noisy.",
+        "",
+        f"Model: the mnasnet-imagenet candidate `{big.key}` (random.Random(0) sample), 1 thread, "
+        f"{WARMUP} warm-up and {args.runs} timed runs.",
+        "",
+        f"**Repeatability** - `akd-mobile bench MODEL --runs {args.runs}` {args.repeats} times (target CV <= 3%):",
+        "",
+        "| format | medians (ms) | CV of the medians | CV of the minima | wall time of one `bench` |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {r['format']} | {', '.join(f'{m:.2f}' for m in r['medians_ms'])} | {r['cv_pct']:.1f}% | "
+          f"{r['min_cv_pct']:.1f}% | {r['bench_wall_s']:.1f} s |" for r in rep),
+        "",
+        "**Harness overhead** - `LocalDevice.measure` (child process, per-run timer) against the runtime's "
+        f"own call timed back to back in one process, {args.repeats} alternations; overhead is the median of "
+        "the paired ratios (target < 5%):",
+        "",
+        "| format | ours: median (ms) | ours: mean (ms) | back-to-back mean (ms) | overhead (median) | overhead (mean) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {r['format']} | {r['ours_median_ms']:.3f} | {r['ours_mean_ms']:.3f} | {r['loop_mean_ms']:.3f} | "
+          f"{r['overhead_median_pct']:+.1f}% | {r['overhead_mean_pct']:+.1f}% |" for r in over),
+        "",
+        "**Export time** - one `akd-mobile export` process each; *wall* includes starting Python and importing "
+        "the converter, *export* is the conversion plus the check against PyTorch (or the cache lookup):",
+        "",
+        "| space | format | cache | wall (s) | export (s) | size (bytes) | max abs diff |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {r['space']} | {r['format']} | {r['state']} | {r['wall_s']:.1f} | {r['export_s']:.3f} | "
+          f"{r['size_bytes']:,} | {r['max_abs_diff']:.1e} |" for r in exp),
+        END,
+    ]
+    block = "\n".join(lines)
+    text = DOC.read_text()
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()

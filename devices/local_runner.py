@@ -1,0 +1,87 @@
+"""The child process of the local backend: time one model file in its runtime.
+
+    python -m devices.local_runner MODEL THREADS WARMUP RUNS RESULT_JSON
+
+It loads `.tflite` files in the ai-edge-litert interpreter (XNNPACK delegate, `num_threads`)
+and `.pte` files in the ExecuTorch runtime (XNNPACK threadpool reset to THREADS), feeds a
+fixed random input, runs WARMUP untimed and RUNS timed inferences, and writes
+`{"samples_ms": [...]}` or `{"error": "..."}` to RESULT_JSON. Exit status 0 or 3.
+Running in its own process keeps one model's crash, hang or state away from the next.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_FLOAT = 6  # ExecuTorch ScalarType::Float
+
+
+def time_model(path: Path, threads: int, warmup: int, runs: int) -> list[float]:
+    """Per-run latencies in ms of `runs` inferences after `warmup` untimed ones."""
+    invoke = _tflite(path, threads) if path.suffix == ".tflite" else _pte(path, threads)
+    for _ in range(warmup):
+        invoke()
+    samples = []
+    gc.collect()
+    gc.disable()  # no collector pauses inside the timed runs (this process does nothing else)
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        invoke()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    gc.enable()
+    return samples
+
+
+def _tflite(path: Path, threads: int) -> Callable[[], None]:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for detail in interp.get_input_details():
+        data = rng.standard_normal(detail["shape"]).astype(detail["dtype"])
+        interp.set_tensor(detail["index"], data)
+    return interp.invoke
+
+
+def _pte(path: Path, threads: int) -> Callable[[], None]:
+    import torch
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    _unsafe_reset_threadpool(threads)  # the XNNPACK delegate's threads
+    method = Runtime.get().load_program(path).load_method("forward")
+    if method is None:
+        raise ValueError("the program has no 'forward' method")
+    meta = method.metadata
+    gen = torch.Generator().manual_seed(0)
+    inputs = []
+    for i in range(meta.num_inputs()):
+        info = meta.input_tensor_meta(i)
+        if info.dtype() != _FLOAT:
+            raise ValueError(f"input {i} is not float32; only float32 inputs are supported")
+        inputs.append(torch.randn(tuple(info.sizes()), generator=gen))
+    return lambda: method.execute(inputs)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point; see the module docstring."""
+    model, threads, warmup, runs, out = argv
+    try:
+        result = {"samples_ms": time_model(Path(model), int(threads), int(warmup), int(runs))}
+        status = 0
+    except Exception as exc:  # any runtime failure becomes one line for the parent
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        result, status = {"error": text}, 3
+    Path(out).write_text(json.dumps(result))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

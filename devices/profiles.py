@@ -1,0 +1,129 @@
+"""Device profiles: TOML files that name a backend and its settings.
+
+A profile is `devices/profiles/<name>.toml` (shipped with the package) or any `.toml` file
+given by path. Its keys:
+
+```toml
+backend = "local"            # which backend class opens it: a key of BACKENDS
+description = "This host"    # optional, shown by `list_profiles`
+target_ms = 0.25             # optional: the search's default --target-ms on this device
+timeout_s = 120              # everything else is the backend's own settings
+```
+
+`open_device(name_or_path)` loads the profile and hands it to the backend class's
+`from_profile(profile)`. A backend is added by one entry in `BACKENDS`: its name and the
+`module:Class` to import (imported only when a profile asks for it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from akd_mobile.errors import DeviceError
+from devices.base import Device
+
+log = logging.getLogger(__name__)
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+BACKENDS: dict[str, str] = {
+    "local": "devices.local:LocalDevice",
+    "adb": "devices.adb:AdbDevice",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device profile.
+
+    Attributes:
+        name: profile name (the file's stem).
+        backend: key of BACKENDS that opens it.
+        description: one line for people.
+        path: the TOML file it was read from.
+        settings: the backend's own settings (every other top-level key).
+        target_ms: default latency target of a search on this device, None if unset.
+    """
+
+    name: str
+    backend: str
+    description: str
+    path: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    target_ms: float | None = None
+
+
+def list_profiles() -> list[Profile]:
+    """The shipped profiles that parse, sorted by name (a broken one is logged and left out)."""
+    profiles = []
+    for path in sorted(PROFILE_DIR.glob("*.toml")):
+        try:
+            profiles.append(load_profile(path))
+        except DeviceError as exc:
+            log.warning("%s", exc)
+    return profiles
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Read a profile by name (`devices/profiles/<name>.toml`) or by path to a `.toml` file.
+
+    Raises:
+        DeviceError: an unknown name (the message lists the known ones), or a missing or
+            malformed file.
+    """
+    path = _resolve(str(name_or_path))
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeviceError(f"cannot read device profile {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DeviceError(f"device profile {path} is not valid TOML: {exc}") from None
+    backend = data.pop("backend", None)
+    if not isinstance(backend, str):
+        raise DeviceError(f"device profile {path} needs backend = one of {', '.join(sorted(BACKENDS))}")
+    description = data.pop("description", "")
+    if not isinstance(description, str):
+        raise DeviceError(f"device profile {path}: description must be a string")
+    target_ms = data.pop("target_ms", None)
+    if target_ms is not None and (isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or target_ms <= 0):
+        raise DeviceError(f"device profile {path}: target_ms must be a positive number of milliseconds")
+    return Profile(
+        name=path.stem, backend=backend, description=description, path=path, settings=data,
+        target_ms=float(target_ms) if target_ms is not None else None,
+    )
+
+
+def open_device(name_or_path: str | Path) -> Device:
+    """The device a profile describes, ready to `info()` and `measure()`.
+
+    Raises:
+        DeviceError: a bad profile (see `load_profile`), an unknown backend, or settings
+            its backend rejects.
+    """
+    profile = load_profile(name_or_path)
+    if profile.backend not in BACKENDS:
+        raise DeviceError(
+            f"device profile {profile.path}: unknown backend {profile.backend!r}; "
+            f"known: {', '.join(sorted(BACKENDS))}"
+        )
+    module_name, class_name = BACKENDS[profile.backend].split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class.from_profile(profile)
+
+
+def _resolve(text: str) -> Path:
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise DeviceError(f"device profile file {path} does not exist")
+        return path
+    path = PROFILE_DIR / f"{text}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
+        raise DeviceError(f"unknown device {text!r}; known: {known} (or give a path to a .toml profile)")
+    return path

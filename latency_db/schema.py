@@ -1,0 +1,156 @@
+"""The latency database's schema: forward migrations, applied in order.
+
+`PRAGMA user_version` holds how many entries of MIGRATIONS a database has applied. A new
+migration is one SQL script appended to MIGRATIONS (never edit an applied one); `migrate`
+runs each missing script and bumps the version in the same transaction, so a database is
+always at a whole version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from akd_mobile.errors import DatabaseError
+
+V1_LATENCY = """
+CREATE TABLE devices (
+    fingerprint TEXT PRIMARY KEY,          -- DeviceInfo.fingerprint
+    name TEXT NOT NULL,                    -- profile name it was last measured under
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    soc TEXT NOT NULL,
+    abi TEXT NOT NULL,
+    cores INTEGER NOT NULL,
+    info_json TEXT NOT NULL,               -- DeviceInfo.to_dict()
+    first_seen TEXT NOT NULL,              -- ISO 8601 UTC
+    last_seen TEXT NOT NULL
+);
+
+CREATE TABLE artifacts (
+    sha256 TEXT PRIMARY KEY,               -- of the model file
+    arch_key TEXT,                         -- NULL: a file of unknown architecture
+    arch_json TEXT,                        -- ArchSpec.to_json(), NULL with arch_key
+    format TEXT NOT NULL CHECK (format IN ('tflite', 'pte')),
+    size_bytes INTEGER NOT NULL,
+    converter_version TEXT,                -- NULL: not exported by akd-mobile
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE measurements (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,              -- identity across databases (import skips known ones)
+    arch_key TEXT,                         -- NULL: a file of unknown architecture
+    format TEXT NOT NULL CHECK (format IN ('tflite', 'pte')),
+    device_fingerprint TEXT NOT NULL REFERENCES devices (fingerprint),
+    artifact_sha256 TEXT REFERENCES artifacts (sha256),
+    runtime_version TEXT NOT NULL,         -- e.g. 'litert 2.3.0'
+    converter_version TEXT,
+    threads INTEGER NOT NULL CHECK (threads >= 1),
+    warmup INTEGER NOT NULL CHECK (warmup >= 0),
+    runs INTEGER NOT NULL CHECK (runs >= 1),
+    median_ms REAL NOT NULL,
+    mean_ms REAL NOT NULL,
+    std_ms REAL NOT NULL,
+    min_ms REAL NOT NULL,
+    max_ms REAL NOT NULL,
+    p90_ms REAL,
+    samples_json TEXT NOT NULL,            -- raw per-run latencies in ms
+    thermal TEXT,                          -- thermal state when known
+    measured_at TEXT NOT NULL              -- ISO 8601 UTC
+);
+
+CREATE INDEX measurements_lookup
+    ON measurements (arch_key, format, device_fingerprint, threads, runtime_version);
+CREATE INDEX measurements_median ON measurements (median_ms);
+"""
+
+V2_SEARCH_RUNS = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status TEXT NOT NULL,             -- running | done | failed
+    config_json TEXT NOT NULL,        -- the full SearchConfig
+    versions_json TEXT NOT NULL,      -- package, torch and converter versions
+    step INTEGER NOT NULL DEFAULT 0,  -- strategy updates completed
+    strategy_state BLOB,              -- checkpoint after the last update
+    controller_s REAL NOT NULL DEFAULT 0  -- time spent proposing and updating
+);
+CREATE TABLE candidates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,            -- the update this candidate feeds (1-based)
+    slot INTEGER NOT NULL,            -- position in its batch
+    arch TEXT NOT NULL,
+    arch_key TEXT NOT NULL,
+    status TEXT NOT NULL,             -- pending | done | failed
+    accuracy REAL,
+    latency_ms REAL,
+    reward REAL,
+    params INTEGER,
+    macs INTEGER,
+    latency_cached INTEGER,           -- 1: answered by the latency database
+    reused INTEGER,                   -- 1: same arch evaluated earlier in this run
+    train_s REAL,
+    export_s REAL,
+    measure_s REAL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (run_id, step, slot)
+);
+CREATE INDEX candidates_by_run ON candidates (run_id, status);
+"""
+
+MIGRATIONS: list[str] = [
+    V1_LATENCY,
+    V2_SEARCH_RUNS,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database of `conn` (autocommit mode) to the latest version; returns it.
+
+    Each migration runs in a `BEGIN IMMEDIATE` transaction that re-reads the version, so
+    two processes opening a new database at once apply every migration exactly once.
+
+    Raises:
+        DatabaseError: a database newer than this code, or a failing migration.
+    """
+    latest = len(MIGRATIONS)
+    for target, script in enumerate(MIGRATIONS, start=1):
+        if _version(conn) >= target:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _version(conn) < target:
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target:d}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise DatabaseError(f"migrating the latency database to version {target} failed: {exc}") from None
+    version = _version(conn)
+    if version > latest:
+        raise DatabaseError(
+            f"the latency database is at schema version {version}, newer than this akd-mobile "
+            f"({latest}); upgrade akd-mobile"
+        )
+    return version
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _statements(script: str) -> list[str]:
+    """Split an SQL script into whole statements (semicolons inside strings are kept)."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    return statements

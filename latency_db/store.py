@@ -1,0 +1,372 @@
+"""The latency database: open, record, look up, query.
+
+SQLite in WAL mode with a busy timeout. Every write is one `BEGIN IMMEDIATE` transaction:
+the write lock is taken before anything is read, so concurrent writers queue on the busy
+timeout instead of failing with `database is locked`, and a process killed mid-write
+leaves the last committed state (whole rows only).
+
+The file is `$AKD_DB`, else `$XDG_DATA_HOME/akd-mobile/latency.sqlite` (default
+`~/.local/share/akd-mobile/latency.sqlite`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from akd_mobile.errors import DatabaseError
+from devices.base import DeviceInfo, LatencyResult
+from latency_db.schema import migrate
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 60.0
+FORMATS = ("tflite", "pte")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A measured model file.
+
+    Attributes:
+        sha256: hex digest of the file.
+        fmt: `tflite` or `pte`.
+        size_bytes: file size.
+        arch_json: `ArchSpec.to_json()` of its architecture, None when unknown.
+        converter_version: what exported it, None when not akd-mobile.
+    """
+
+    sha256: str
+    fmt: str
+    size_bytes: int
+    arch_json: dict[str, Any] | None = None
+    converter_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One stored measurement (a row of `measurements` with its device's name).
+
+    Attributes mirror the table's columns; `result` holds the statistics and samples.
+    """
+
+    id: int
+    uid: str
+    arch_key: str | None
+    fmt: str
+    device_fingerprint: str
+    device_name: str
+    artifact_sha256: str | None
+    runtime_version: str
+    converter_version: str | None
+    threads: int
+    warmup: int
+    runs: int
+    thermal: str | None
+    measured_at: str
+    result: LatencyResult
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form with the statistics flattened in."""
+        d = asdict(self)
+        d.pop("result")
+        d.update(self.result.to_dict())
+        return d
+
+
+@dataclass(frozen=True)
+class DBStats:
+    """Counts and spread of a database.
+
+    Attributes:
+        path: the database file.
+        schema_version: applied migrations.
+        measurements: rows in `measurements`.
+        devices: rows in `devices`.
+        artifacts: rows in `artifacts`.
+        archs: distinct architecture keys measured.
+        by_device_format: per (device name, format): count, min/median-of-medians/max ms.
+    """
+
+    path: str
+    schema_version: int
+    measurements: int
+    devices: int
+    artifacts: int
+    archs: int
+    by_device_format: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def default_db_path() -> Path:
+    """`$AKD_DB`, else `$XDG_DATA_HOME/akd-mobile/latency.sqlite` (default under ~/.local/share)."""
+    if os.environ.get("AKD_DB"):
+        return Path(os.environ["AKD_DB"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base).expanduser() / "akd-mobile" / "latency.sqlite"
+
+
+def open_db(path: Path | None = None) -> LatencyDB:
+    """Open (creating and migrating as needed) the latency database at `path` or the default.
+
+    Raises:
+        DatabaseError: a file that is not an SQLite database, an unwritable folder, or a
+            schema newer than this code.
+    """
+    return LatencyDB(Path(path) if path is not None else default_db_path())
+
+
+class LatencyDB:
+    """A connection to the latency database; use as a context manager or call `close()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"cannot open latency database {self.path}: {exc}") from None
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000):d}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self.schema_version = migrate(self._conn)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise DatabaseError(f"{self.path} is not a usable latency database: {exc}") from None
+        except DatabaseError:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> LatencyDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (`BEGIN IMMEDIATE`): committed whole on success, else rolled back."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise DatabaseError(f"latency database {self.path} is busy or read-only: {exc}") from None
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def lookup(
+        self, arch_key: str, fmt: str, device_fingerprint: str, threads: int, runtime_version: str
+    ) -> LatencyResult | None:
+        """The latest measurement of this (arch, format, device, threads, runtime), or None."""
+        row = self._conn.execute(
+            "SELECT * FROM measurements WHERE arch_key = ? AND format = ? AND device_fingerprint = ? "
+            "AND threads = ? AND runtime_version = ? ORDER BY measured_at DESC, id DESC LIMIT 1",
+            (arch_key, fmt, device_fingerprint, threads, runtime_version),
+        ).fetchone()
+        return _result(row) if row is not None else None
+
+    def record(
+        self,
+        device: DeviceInfo,
+        result: LatencyResult,
+        *,
+        fmt: str,
+        threads: int,
+        warmup: int,
+        runs: int,
+        runtime_version: str,
+        arch_key: str | None = None,
+        artifact: Artifact | None = None,
+        device_name: str | None = None,
+        thermal: str | None = None,
+    ) -> int:
+        """Store one measurement with its device and artifact rows, in one transaction.
+
+        Returns:
+            The new measurement's row id.
+        """
+        if fmt not in FORMATS:
+            raise DatabaseError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        now = _now()
+        with self.transaction() as conn:
+            _upsert_device(conn, device, device_name or device.backend, now)
+            if artifact is not None:
+                conn.execute(
+                    "INSERT INTO artifacts (sha256, arch_key, arch_json, format, size_bytes, converter_version, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+                    "arch_key = coalesce(artifacts.arch_key, excluded.arch_key), "
+                    "arch_json = coalesce(artifacts.arch_json, excluded.arch_json), "
+                    "converter_version = coalesce(artifacts.converter_version, excluded.converter_version)",
+                    (artifact.sha256, arch_key, json.dumps(artifact.arch_json) if artifact.arch_json else None,
+                     artifact.fmt, artifact.size_bytes, artifact.converter_version, now),
+                )
+            cur = conn.execute(
+                "INSERT INTO measurements (uid, arch_key, format, device_fingerprint, artifact_sha256, "
+                "runtime_version, converter_version, threads, warmup, runs, median_ms, mean_ms, std_ms, min_ms, "
+                "max_ms, p90_ms, samples_json, thermal, measured_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uuid.uuid4().hex, arch_key, fmt, device.fingerprint, artifact.sha256 if artifact else None,
+                 runtime_version, artifact.converter_version if artifact else None, threads, warmup, runs,
+                 result.median_ms, result.mean_ms, result.std_ms, result.min_ms, result.max_ms, result.p90_ms,
+                 json.dumps(list(result.samples_ms)), thermal, now),
+            )
+            return int(cur.lastrowid)
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a parameterized read-only query."""
+        return self._conn.execute(sql, args).fetchall()
+
+    def arch_key_of(self, sha256: str) -> str | None:
+        """The architecture key an earlier export recorded for this file, if any."""
+        row = self._conn.execute("SELECT arch_key FROM artifacts WHERE sha256 = ?", (sha256,)).fetchone()
+        return row["arch_key"] if row is not None else None
+
+    def query(
+        self,
+        device: str | None = None,
+        fmt: str | None = None,
+        min_ms: float | None = None,
+        max_ms: float | None = None,
+        limit: int | None = None,
+    ) -> list[Measurement]:
+        """Measurements, fastest median first, filtered by device (profile name or
+        fingerprint), format and median range (inclusive).
+
+        Raises:
+            DatabaseError: negative or inverted bounds, a non-positive limit, an unknown format.
+        """
+        check_query(fmt, min_ms, max_ms, limit)
+        where, args = [], []
+        if device is not None:
+            where.append("(d.name = ? OR d.fingerprint = ?)")
+            args += [device, device]
+        if fmt is not None:
+            where.append("m.format = ?")
+            args.append(fmt)
+        if min_ms is not None:
+            where.append("m.median_ms >= ?")
+            args.append(min_ms)
+        if max_ms is not None:
+            where.append("m.median_ms <= ?")
+            args.append(max_ms)
+        sql = ("SELECT m.*, d.name AS device_name FROM measurements m "
+               "JOIN devices d ON d.fingerprint = m.device_fingerprint")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY m.median_ms, m.id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_measurement(row) for row in self._conn.execute(sql, args)]
+
+    def stats(self) -> DBStats:
+        """Row counts, and per device and format the number and range of medians."""
+        count = lambda sql: int(self._conn.execute(sql).fetchone()[0])  # noqa: E731
+        groups = self._conn.execute(
+            "SELECT d.name AS device, d.fingerprint AS fingerprint, m.format AS format, count(*) AS n, "
+            "min(m.median_ms) AS min_ms, max(m.median_ms) AS max_ms FROM measurements m "
+            "JOIN devices d ON d.fingerprint = m.device_fingerprint GROUP BY d.fingerprint, m.format "
+            "ORDER BY d.name, m.format"
+        ).fetchall()
+        return DBStats(
+            path=str(self.path),
+            schema_version=self.schema_version,
+            measurements=count("SELECT count(*) FROM measurements"),
+            devices=count("SELECT count(*) FROM devices"),
+            artifacts=count("SELECT count(*) FROM artifacts"),
+            archs=count("SELECT count(DISTINCT arch_key) FROM measurements"),
+            by_device_format=[dict(row) for row in groups],
+        )
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device row, its `info_json` decoded into `info`."""
+        rows = self._conn.execute("SELECT * FROM devices ORDER BY fingerprint").fetchall()
+        return [{**{k: row[k] for k in row.keys() if k != "info_json"}, "info": json.loads(row["info_json"])}
+                for row in rows]
+
+    def artifacts(self) -> list[dict[str, Any]]:
+        """Every artifact row, its `arch_json` decoded."""
+        rows = self._conn.execute("SELECT * FROM artifacts ORDER BY sha256").fetchall()
+        return [{**dict(row), "arch_json": json.loads(row["arch_json"]) if row["arch_json"] else None}
+                for row in rows]
+
+
+def check_query(fmt: str | None, min_ms: float | None, max_ms: float | None, limit: int | None) -> None:
+    """DatabaseError for an unknown format, negative or inverted bounds, or a limit below 1."""
+    if fmt is not None and fmt not in FORMATS:
+        raise DatabaseError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    for name, value in (("--min-ms", min_ms), ("--max-ms", max_ms)):
+        if value is not None and not value >= 0:
+            raise DatabaseError(f"{name} must be a non-negative number of milliseconds, got {value}")
+    if min_ms is not None and max_ms is not None and min_ms > max_ms:
+        raise DatabaseError(f"--min-ms {min_ms} is above --max-ms {max_ms}; swap them")
+    if limit is not None and limit < 1:
+        raise DatabaseError(f"--limit must be at least 1, got {limit}")
+
+
+def _upsert_device(conn: sqlite3.Connection, info: DeviceInfo, name: str, now: str) -> None:
+    conn.execute(
+        "INSERT INTO devices (fingerprint, name, backend, model, soc, abi, cores, info_json, first_seen, last_seen) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
+        "name = excluded.name, info_json = excluded.info_json, last_seen = excluded.last_seen",
+        (info.fingerprint, name, info.backend, info.model, info.soc, info.abi, info.cores,
+         json.dumps(info.to_dict(), sort_keys=True), now, now),
+    )
+
+
+def _result(row: sqlite3.Row) -> LatencyResult:
+    return LatencyResult(
+        count=int(row["runs"]),
+        median_ms=row["median_ms"],
+        mean_ms=row["mean_ms"],
+        std_ms=row["std_ms"],
+        min_ms=row["min_ms"],
+        max_ms=row["max_ms"],
+        p90_ms=row["p90_ms"],
+        samples_ms=tuple(json.loads(row["samples_json"])),
+    )
+
+
+def _measurement(row: sqlite3.Row) -> Measurement:
+    return Measurement(
+        id=row["id"],
+        uid=row["uid"],
+        arch_key=row["arch_key"],
+        fmt=row["format"],
+        device_fingerprint=row["device_fingerprint"],
+        device_name=row["device_name"],
+        artifact_sha256=row["artifact_sha256"],
+        runtime_version=row["runtime_version"],
+        converter_version=row["converter_version"],
+        threads=row["threads"],
+        warmup=row["warmup"],
+        runs=row["runs"],
+        thermal=row["thermal"],
+        measured_at=row["measured_at"],
+        result=_result(row),
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

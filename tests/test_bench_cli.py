@@ -1,0 +1,141 @@
+"""`arch_latency` (the search loop's call) and the `bench`, `export` and `latency` commands."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from akd_mobile.errors import DeviceError
+from akd_mobile.export import export_model
+from akd_mobile.latency import arch_latency, runtime_version
+from akd_mobile.space import get_space
+from cli import cli
+from devices.base import DeviceInfo
+from devices.local import LocalDevice
+from latency_db import open_db
+
+SMALL = get_space("mnasnet-small").sample(random.Random(1))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_arch_latency_measures_once_then_answers_from_the_db(tmp_path):
+    device = LocalDevice()
+    with open_db(tmp_path / "l.sqlite") as db:
+        first = arch_latency(SMALL, device, db, "tflite", threads=1, warmup=2, runs=10)
+        assert not first.cached and first.artifact is not None and first.measure_s > 0
+        assert first.result.count == 10 and first.arch_key == SMALL.key
+        again = arch_latency(SMALL, device, db, "tflite", threads=1, warmup=2, runs=10)
+        assert again.cached and again.artifact is None and again.export_s == again.measure_s == 0.0
+        assert again.result == first.result
+        assert db.stats().measurements == 1
+        (m,) = db.query()
+        assert (m.arch_key, m.runtime_version, m.threads) == (SMALL.key, first.runtime_version, 1)
+        assert db.artifacts()[0]["arch_json"]["arch"] == SMALL.canonical
+
+
+def test_runtime_version_names_the_runtime():
+    info = DeviceInfo("local", "x", "x", "x86_64", 1, runtimes={"litert": "2.3.0"})
+    assert runtime_version(info, "tflite") == "litert 2.3.0"
+    with pytest.raises(DeviceError, match="no executorch runtime"):
+        runtime_version(info, "pte")
+
+
+def test_bench_arch_and_file_store_and_print(tmp_path):
+    db = tmp_path / "b.sqlite"
+    r = run("bench", SMALL.canonical, "--format", "pte", "--runs", 5, "--warmup", 1, "--db", db, "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["arch_key"], d["format"], d["device"], d["count"], d["cached"]) == (SMALL.key, "pte", "local", 5, False)
+    assert 0 < d["min_ms"] <= d["median_ms"] <= d["max_ms"]
+    model = export_model(SMALL, "pte").path  # a cache lookup: bench exported it
+    r = run("bench", model, "--runs", 5, "--warmup", 1, "--db", db, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["arch_key"] == SMALL.key  # known from the earlier export's bytes
+    text = run("bench", model, "--runs", 3, "--warmup", 0, "--db", db)
+    assert text.exit_code == 0 and text.stdout.startswith(f"{SMALL.key}  pte  local  threads 1  median ")
+    rows = json.loads(run("latency", "query", "--db", db, "--format", "pte", "--json").stdout)
+    assert len(rows) == 3 and {row["arch_key"] for row in rows} == {SMALL.key}
+
+
+def test_export_command(tmp_path):
+    out = tmp_path / "m.tflite"
+    r = run("export", SMALL.canonical, "--format", "tflite", "--out", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert out.stat().st_size == d["size_bytes"] and d["arch_key"] == SMALL.key and d["max_abs_diff"] < 1e-3
+
+
+def test_latency_commands(tmp_path):
+    from devices.base import LatencyResult
+
+    db_path = tmp_path / "q.sqlite"
+    info = DeviceInfo("local", "Xeon", "Xeon", "x86_64", 2)
+    with open_db(db_path) as db:
+        for key, ms in [("aa", 4.0), ("bb", 12.0), ("cc", 25.0)]:
+            db.record(info, LatencyResult.from_samples([ms]), fmt="tflite", threads=1, warmup=0, runs=1,
+                      runtime_version="litert 2.3.0", arch_key=key, device_name="local")
+    rows = json.loads(run("latency", "query", "--db", db_path, "--min-ms", 5, "--max-ms", 20, "--json").stdout)
+    assert [r["arch_key"] for r in rows] == ["bb"]
+    assert "aa" in run("latency", "query", "--db", db_path, "--device", "local", "--limit", 1).stdout
+    assert run("latency", "query", "--db", db_path, "--device", "pixel").stdout.strip() == "no measurements match"
+    stats = json.loads(run("latency", "stats", "--db", db_path, "--json").stdout)
+    assert (stats["measurements"], stats["archs"], stats["devices"]) == (3, 3, 1)
+    assert "3 measurements" in run("latency", "stats", "--db", db_path).stdout
+    for flag, name in [("--csv", "x.csv"), ("--json", "x.json")]:
+        r = run("latency", "export", flag, tmp_path / name, "--db", db_path)
+        assert r.exit_code == 0 and r.stdout.startswith("exported 3 measurements")
+        imported = json.loads(run("latency", "import", tmp_path / name, "--db", tmp_path / f"{name}.sqlite",
+                                  "--json").stdout)
+        assert imported == {"added": 3, "skipped": 0}
+        assert run("latency", "import", tmp_path / name, "--db", db_path).stdout.startswith("added 0, skipped 3")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["latency", "query", "--max-ms", "-1"], "--max-ms must be a non-negative"),
+        (["latency", "query", "--min-ms", "9", "--max-ms", "2"], "is above --max-ms"),
+        (["latency", "query", "--min-ms", "nan"], "--min-ms must be a non-negative"),
+        (["latency", "query", "--limit", "0"], "--limit must be at least 1"),
+        (["latency", "query", "--format", "onnx"], "Invalid value for '--format'"),
+        (["latency", "query", "--max-ms", "fast"], "Invalid value for '--max-ms'"),
+        (["latency", "import", "missing.csv"], "import file missing.csv does not exist"),
+        (["latency", "export"], "give exactly one of --csv FILE or --json FILE"),
+        (["latency", "export", "--csv", "a.csv", "--json", "a.json"], "give exactly one of"),
+        (["bench", "missing.tflite"], "model file missing.tflite does not exist"),
+        (["bench", "model.onnx"], "unknown token|blocks joined by"),
+        (["bench", "empty.tflite"], "model file empty.tflite is empty"),
+        (["bench", "empty.tflite", "--format", "pte"], "--format pte does not match the file"),
+        (["bench", "x", "--device", "pixel9"], "unknown device 'pixel9'; known: .*local"),
+        (["bench", "x", "--format", "onnx"], "Invalid value for '--format'"),
+        (["bench", "x", "--runs", "0"], "Invalid value for '--runs'"),
+        (["export", "mb6", "--format", "tflite", "--out", "m.tflite"], "blocks joined by"),
+        (["export", "mb6", "--format", "onnx", "--out", "m.onnx"], "Invalid value for '--format'"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.tflite").write_bytes(b"")
+    r = run(*args, "--db", tmp_path / "l.sqlite") if args[0] == "latency" and args[1] != "import" else run(*args)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+    assert re.search(message, r.stderr), r.stderr
+
+
+def test_export_out_is_checked_before_exporting(tmp_path):
+    start = time.perf_counter()
+    r = run("export", SMALL.canonical, "--format", "pte", "--out", tmp_path / "m.tflite")
+    assert r.exit_code == 2 and "must end in .pte" in r.stderr
+    r = run("export", SMALL.canonical, "--format", "pte", "--out", tmp_path / "no" / "m.pte")
+    assert r.exit_code == 2 and "does not exist; create it first" in r.stderr
+    assert time.perf_counter() - start < 2.0

@@ -1,0 +1,150 @@
+"""Device profiles and the local backend: info, measurement in a child process, failures."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+
+import pytest
+
+from akd_mobile.errors import DeviceError
+from akd_mobile.export import export_model
+from akd_mobile.space import get_space
+from devices import local_runner
+from devices.base import Device
+from devices.local import LocalDevice
+from devices.profiles import BACKENDS, list_profiles, load_profile, open_device
+
+SMALL = get_space("mnasnet-small").sample(random.Random(1))
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The small arch in both formats (the session cache makes this a lookup after test_export)."""
+    return {fmt: export_model(SMALL, fmt).path for fmt in ("tflite", "pte")}
+
+
+def test_profiles_resolve_by_name_and_path(tmp_path):
+    names = [p.name for p in list_profiles()]
+    assert "local" in names
+    device = open_device("local")
+    assert isinstance(device, LocalDevice) and isinstance(device, Device) and device.name == "local"
+    custom = tmp_path / "fast.toml"
+    custom.write_text('backend = "local"\ndescription = "quick"\ntimeout_s = 7\n')
+    dev = open_device(str(custom))
+    assert (dev.name, dev.timeout_s) == ("fast", 7.0)
+    assert load_profile(custom).description == "quick"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('backend = "local"\ntimeout_s = "soon"\n', "timeout_s must be a number"),
+        ('backend = "local"\ncolour = "red"\n', r"unknown setting\(s\) colour"),
+        ('backend = "telepathy"\n', "unknown backend 'telepathy'; known: .*local"),
+        ('description = "no backend"\n', "needs backend = one of .*local"),
+        ("backend = local\n", "not valid TOML"),
+        ('backend = "local"\ntimeout_s = -1\n', "timeout_s must be positive"),
+    ],
+)
+def test_bad_profiles_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(DeviceError, match=message) as err:
+        open_device(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_device_lists_known_ones(tmp_path):
+    with pytest.raises(DeviceError, match=r"unknown device 'pixel9'; known: .*local"):
+        open_device("pixel9")
+    with pytest.raises(DeviceError, match="does not exist"):
+        open_device(str(tmp_path / "missing.toml"))
+
+
+def test_a_backend_is_one_registry_entry(monkeypatch, tmp_path):
+    monkeypatch.setitem(BACKENDS, "twin", "devices.local:LocalDevice")
+    (tmp_path / "twin.toml").write_text('backend = "twin"\n')
+    assert isinstance(open_device(str(tmp_path / "twin.toml")), LocalDevice)
+
+
+def test_info_describes_the_host():
+    info = LocalDevice().info()
+    assert info.backend == "local" and info.model and info.abi and info.cores >= 1
+    assert set(info.runtimes) == {"litert", "executorch"}
+    assert all(v[0].isdigit() for v in info.runtimes.values())
+    assert info.fingerprint == LocalDevice("other-name").info().fingerprint
+    assert len(info.fingerprint) == 16
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "pte"])
+def test_measure_gives_sane_statistics(models, fmt):
+    r = LocalDevice().measure(models[fmt], threads=1, warmup=3, runs=15)
+    assert r.count == len(r.samples_ms) == 15
+    assert all(math.isfinite(s) and s > 0 for s in r.samples_ms)
+    assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= r.max_ms < 1000
+    assert r.min_ms <= r.mean_ms <= r.max_ms and r.std_ms >= 0
+
+
+def test_executorch_threads_are_set(models):
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    invoke = local_runner._pte(models["pte"], threads=2)
+    assert _threadpool_get_thread_count() == 2
+    invoke()
+    _unsafe_reset_threadpool(1)
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".pte"])
+def test_corrupt_and_empty_models_are_one_line_errors(tmp_path, suffix):
+    device = LocalDevice()
+    empty = tmp_path / f"empty{suffix}"
+    empty.write_bytes(b"")
+    with pytest.raises(DeviceError, match="is empty"):
+        device.measure(empty, 1, 0, 1)
+    corrupt = tmp_path / f"corrupt{suffix}"
+    corrupt.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(DeviceError, match=f"corrupt{suffix} is not a .* model") as err:
+        device.measure(corrupt, 1, 0, 1)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "pte"])
+def test_truncated_model_fails_in_the_child_not_here(models, tmp_path, fmt):
+    truncated = tmp_path / f"truncated.{fmt}"
+    truncated.write_bytes(models[fmt].read_bytes()[:2048])
+    with pytest.raises(DeviceError, match=f"(local cannot run|the runtime crashed measuring) truncated.{fmt}") as err:
+        LocalDevice().measure(truncated, 1, 0, 1)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_arguments(tmp_path, models):
+    device = LocalDevice()
+    with pytest.raises(DeviceError, match="does not exist"):
+        device.measure(tmp_path / "none.tflite", 1, 0, 1)
+    with pytest.raises(DeviceError, match="expected a .tflite or .pte file"):
+        device.measure(tmp_path / "model.onnx", 1, 0, 1)
+    with pytest.raises(DeviceError, match="threads >= 1"):
+        device.measure(models["tflite"], 0, 0, 1)
+
+
+def test_runner_is_ours_whatever_the_cwd(models, monkeypatch, tmp_path):
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "__init__.py").write_text("raise SystemExit('imported the wrong devices package')\n")
+    monkeypatch.chdir(tmp_path)
+    assert LocalDevice().measure(models["tflite"], 1, 0, 2).count == 2
+
+
+def test_hang_is_killed_after_the_timeout(models):
+    with pytest.raises(DeviceError, match=r"took over 0.5 s and was stopped"):
+        LocalDevice(timeout_s=0.5).measure(models["tflite"], 1, 0, 1_000_000)
+
+
+def test_crash_is_reported_not_propagated(models, monkeypatch, tmp_path):
+    crasher = tmp_path / "crash.sh"
+    crasher.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crasher.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crasher))
+    with pytest.raises(DeviceError, match=r"the runtime crashed measuring .* \(killed by SIGSEGV\)"):
+        LocalDevice().measure(models["tflite"], 1, 0, 1)
