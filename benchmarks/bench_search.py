@@ -69,6 +69,9 @@ def main() -> None:
         )
     lines += [
         "",
+        "Exports run in a background process while the foreground trains: `export s` is only the",
+        "time the foreground waited for one (the first candidate of a run, and any export slower",
+        "than the training it overlaps). KD training is the 80-step proxy on one torch thread.",
         "With a warm database every latency is a hit: export and measurement take no time and",
         "the search is KD training and the controller. `other` is data loading, model building",
         "and database writes.",
