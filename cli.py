@@ -166,7 +166,6 @@ def search(device, teacher, data, space_name, target_ms, constraint, reward, str
         reward=reward, strategy=strategy, budget=budget, batch=batch, fmt=fmt, threads=threads,
         proxy_steps=proxy_steps, seed=seed,
     )
-    config.validate()
     with search_progress(budget, quiet=as_json) as on_progress:
         summary = run_search(config, db_path, resume, on_progress)
     emit(summary.to_dict(), as_json, format_summary(summary))

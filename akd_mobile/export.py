@@ -165,7 +165,7 @@ def export_model(
     with _temp_file(folder, f".{fmt}") as tmp:
         convert, run = (_to_tflite, _run_tflite) if fmt == "tflite" else (_to_pte, _run_pte)
         try:
-            with _quiet_converters():
+            with quiet_converters():
                 convert(model, x, tmp)
             actual = run(tmp, x)
         except Exception as exc:  # converters and runtimes raise anything; the user needs one line
@@ -307,7 +307,7 @@ def _temp_file(folder: Path, suffix: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _quiet_converters() -> Iterator[None]:
+def quiet_converters() -> Iterator[None]:
     """Hide litert-torch's progress printout and the converters' deprecation warnings."""
     saved = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"

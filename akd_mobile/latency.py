@@ -14,15 +14,13 @@ from typing import Any
 
 from akd_mobile.errors import DeviceError
 from akd_mobile.space import ArchSpec
-from devices.base import Device, DeviceInfo, LatencyResult
+from devices.base import RUNTIME_OF_FORMAT, Device, DeviceInfo, LatencyResult
 from latency_db.store import Artifact, LatencyDB
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WARMUP = 10
 DEFAULT_RUNS = 50
-# Which runtime of DeviceInfo.runtimes runs each format.
-RUNTIMES = {"tflite": "litert", "pte": "executorch"}
 
 
 @dataclass(frozen=True)
@@ -68,9 +66,9 @@ class LatencyOutcome:
 
 def runtime_version(info: DeviceInfo, fmt: str) -> str:
     """The version string of the runtime that runs `fmt` on this device, e.g. `litert 2.3.0`."""
-    if fmt not in RUNTIMES:
-        raise DeviceError(f"unknown format {fmt!r}; choose one of {', '.join(RUNTIMES)}")
-    name = RUNTIMES[fmt]
+    if fmt not in RUNTIME_OF_FORMAT:
+        raise DeviceError(f"unknown format {fmt!r}; choose one of {', '.join(RUNTIME_OF_FORMAT)}")
+    name = RUNTIME_OF_FORMAT[fmt]
     version = info.runtimes.get(name)
     if not version or version == "missing":
         raise DeviceError(f"device {info.model} has no {name} runtime for .{fmt} files")
@@ -96,12 +94,21 @@ def arch_latency(
         ExportError: the export fails or disagrees with PyTorch.
         DeviceError: the device cannot run the model.
     """
+    stored = stored_latency(arch, device, db, fmt, threads)
+    if stored is not None:
+        return stored
+    return measure_arch(arch, device, db, fmt, threads, warmup, runs, weights)
+
+
+def stored_latency(arch: ArchSpec, device: Device, db: LatencyDB, fmt: str = "tflite",
+                   threads: int = 1) -> LatencyOutcome | None:
+    """The database's latency of `arch` on `device`, or None when it was never measured."""
     info = device.info()
     runtime = runtime_version(info, fmt)
     hit = db.lookup(arch.key, fmt, info.fingerprint, threads, runtime)
-    if hit is not None:
-        return LatencyOutcome(hit, True, 0.0, 0.0, None, arch.key, fmt, info.fingerprint, runtime)
-    return measure_arch(arch, device, db, fmt, threads, warmup, runs, weights)
+    if hit is None:
+        return None
+    return LatencyOutcome(hit, True, 0.0, 0.0, None, arch.key, fmt, info.fingerprint, runtime)
 
 
 def measure_arch(

@@ -51,6 +51,9 @@ class CandidateRow:
         return dict(self.__dict__)
 
 
+_CANDIDATE_COLUMNS = ", ".join(CandidateRow.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class RunRow:
     """One stored search run."""
@@ -171,7 +174,7 @@ class RunStore:
 
     def candidates(self, run_id: int, step: int | None = None) -> list[CandidateRow]:
         """A run's candidates in order (one step's, when `step` is given)."""
-        sql = f"SELECT {', '.join(CandidateRow.__dataclass_fields__)} FROM candidates WHERE run_id = ?"
+        sql = f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ?"
         args: tuple[Any, ...] = (run_id,)
         if step is not None:
             sql += " AND step = ?"
@@ -181,7 +184,7 @@ class RunStore:
     def done_with_key(self, run_id: int, arch_key: str) -> CandidateRow | None:
         """An earlier successful evaluation of the same arch in this run."""
         rows = self.db.read(
-            f"SELECT {', '.join(CandidateRow.__dataclass_fields__)} FROM candidates "
+            f"SELECT {_CANDIDATE_COLUMNS} FROM candidates "
             "WHERE run_id = ? AND arch_key = ? AND status = 'done' AND reused = 0 ORDER BY id LIMIT 1",
             (run_id, arch_key),
         )

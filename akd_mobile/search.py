@@ -90,7 +90,7 @@ class SearchConfig:
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (self.runs is None or self.runs >= 1, f"--runs must be at least 1, got {self.runs}"),
             (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}"),
-            (self.proxy_steps is None or self.proxy_steps >= 1, f"--proxy-steps must be at least 1"),
+            (self.proxy_steps is None or self.proxy_steps >= 1, f"--proxy-steps must be at least 1, got {self.proxy_steps}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -184,14 +184,13 @@ def _export_worker_init() -> None:
 class Evaluator:
     """Scores candidates: latency through the latency database, accuracy by proxy training."""
 
-    def __init__(self, config: SearchConfig, db: Any, device: Any, measure: dict[str, int]) -> None:
+    def __init__(self, config: SearchConfig, db: Any, device: Any) -> None:
         from akd_mobile.data import load_dataset
         from akd_mobile.distill import ProxyBudget
 
         self.config = config
         self.db = db
         self.device = device
-        self.measure = measure
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
         self.data = load_dataset(config.data, seed=config.seed)
         try:
@@ -211,14 +210,10 @@ class Evaluator:
 
     def prefetch(self, archs: list[ArchSpec]) -> None:
         """Start exporting the candidates whose latency the database does not hold."""
-        from akd_mobile.latency import runtime_version
+        from akd_mobile.latency import stored_latency
 
-        info = self.device.info()
-        runtime = runtime_version(info, self.config.fmt)
-        misses = [
-            a for a in archs
-            if self.db.lookup(a.key, self.config.fmt, info.fingerprint, self.measure["threads"], runtime) is None
-        ]
+        cfg = self.config
+        misses = [a for a in archs if stored_latency(a, self.device, self.db, cfg.fmt, cfg.threads) is None]  # type: ignore[arg-type]
         if misses:
             self.prefetcher.submit(misses)
 
@@ -238,9 +233,10 @@ class Evaluator:
             tick = time.perf_counter()
             self.prefetcher.wait(arch)
             waited_s = time.perf_counter() - tick
+            cfg = self.config
             lat = arch_latency(
-                arch, self.device, self.db, fmt=self.config.fmt, threads=self.measure["threads"],
-                warmup=self.measure["warmup"], runs=self.measure["runs"],
+                arch, self.device, self.db, fmt=cfg.fmt, threads=cfg.threads,  # type: ignore[arg-type]
+                warmup=cfg.warmup, runs=cfg.runs,  # type: ignore[arg-type]
             )
             export_s, measure_s = waited_s + lat.export_s, lat.measure_s
             score = proxy_score(
@@ -263,21 +259,23 @@ class Evaluator:
         )
 
 
-def measurement_settings(config: SearchConfig) -> tuple[dict[str, int], float]:
-    """Threads, warm-up and runs, and the latency target: the config's, else the profile's."""
+def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
+    """The config with threads, warm-up, runs and the latency target filled in: the
+    config's own values, else the device profile's, else 1 thread, 5 warm-up, 30 runs."""
     from devices.profiles import load_profile
 
     profile = load_profile(config.device)
     settings = profile.settings
-    measure = {
-        "threads": config.threads or int(settings.get("threads", 1)),
-        "warmup": config.warmup if config.warmup is not None else int(settings.get("warmup", 5)),
-        "runs": config.runs or int(settings.get("runs", 30)),
-    }
     target = config.target_ms or profile.target_ms
     if target is None:
         raise SearchError(f"device profile {config.device} sets no target_ms: give --target-ms")
-    return measure, float(target)
+    return dataclasses.replace(
+        config,
+        target_ms=float(target),
+        threads=config.threads or int(settings.get("threads", 1)),
+        warmup=config.warmup if config.warmup is not None else int(settings.get("warmup", 5)),
+        runs=config.runs or int(settings.get("runs", 30)),
+    )
 
 
 def versions() -> dict[str, str]:
@@ -319,15 +317,12 @@ def run_search(
     else:
         config = config or SearchConfig()
         config.validate()
-        measure, target = measurement_settings(config)
-        config = dataclasses.replace(config, target_ms=target, **measure)
+        config = resolve_device_defaults(config)
         run_id = store.create_run(dataclasses.asdict(config), versions())
-    config.validate()
-    measure = {"threads": config.threads, "warmup": config.warmup, "runs": config.runs}
     started = time.monotonic()
     try:
         device = open_device(config.device)
-        evaluator = Evaluator(config, db, device, measure)  # type: ignore[arg-type]
+        evaluator = Evaluator(config, db, device)
         space = evaluator.space
         strategy = make_strategy(config.strategy, space, config.seed)
         step, state = store.load_checkpoint(run_id)

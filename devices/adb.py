@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from akd_mobile.errors import DeviceError, ParseError
-from devices.base import DeviceInfo, LatencyResult
+from devices.base import RUNTIME_OF_FORMAT, DeviceInfo, LatencyResult
 from devices.parsers import (
     TOOL_PARSERS,
     CpuPolicy,
@@ -61,7 +61,6 @@ T = TypeVar("T")
 
 BUILTIN_RUNNER = "builtin:loopback-runner"
 FORMATS = {".tflite": "tflite", ".pte": "pte"}
-RUNTIME_OF_FORMAT = {"tflite": "litert", "pte": "executorch"}
 SHELL_TIMEOUT_S = 30.0
 _RC_MARK = "__akd_rc="
 _POLICIES = (

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
+# Which runtime (a key of DeviceInfo.runtimes) runs each artifact format.
+RUNTIME_OF_FORMAT = {"tflite": "litert", "pte": "executorch"}
+
+
 @dataclass(frozen=True)
 class LatencyResult:
     """Latency of one model on one device.

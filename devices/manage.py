@@ -97,10 +97,10 @@ def check_model(fmt: str, cache_dir: Path | None = None) -> Path:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f"tiny-linear.partial.{fmt}"
-    from akd_mobile.export import _quiet_converters  # litert-torch prints progress to stdout
+    from akd_mobile.export import quiet_converters  # litert-torch prints progress to stdout
 
     try:
-        with _quiet_converters():
+        with quiet_converters():
             _export_check_model(fmt, partial)
     except Exception as exc:  # converters raise many types; the user needs one line
         partial.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +23,20 @@ def _isolated_user_folders(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture()
+def key(tmp_path: Path) -> Path:
+    """A fresh ADB key pair (private key path; the public key beside it)."""
+    from devices_support import make_key
+
+    return make_key(tmp_path / "keys")
+
+
+@pytest.fixture()
+def served(tmp_path: Path, key: Path):
+    """A loopback ADB daemon on a free port, serving tmp_path/root, trusting `key`."""
+    from devices_support import daemon
+
+    with daemon(tmp_path / "root", key) as d:
+        yield d

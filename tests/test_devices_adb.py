@@ -13,23 +13,12 @@ from akd_mobile.errors import DeviceError, ParseError
 from devices.adb import AdbDevice, AdbSettings
 from devices.adb_keys import generate_key, load_signer, public_key_line
 from devices.manage import check_model
-from devices_support import KillingProxy, SilentServer, daemon, free_port, loopback_device, make_key
+from devices_support import KillingProxy, SilentServer, free_port, loopback_device, make_key
 
 
 @pytest.fixture(scope="module")
 def tiny_tflite() -> Path:
     return check_model("tflite")
-
-
-@pytest.fixture()
-def key(tmp_path: Path) -> Path:
-    return make_key(tmp_path / "keys")
-
-
-@pytest.fixture()
-def served(tmp_path: Path, key: Path):
-    with daemon(tmp_path / "root", key) as d:
-        yield d
 
 
 @pytest.fixture()

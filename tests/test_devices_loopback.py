@@ -24,17 +24,6 @@ from devices.loopback import Sandbox, SandboxError
 from devices_support import RawClient, daemon, make_key
 
 
-@pytest.fixture()
-def key(tmp_path: Path) -> Path:
-    return make_key(tmp_path / "keys")
-
-
-@pytest.fixture()
-def served(tmp_path: Path, key: Path):
-    with daemon(tmp_path / "root", key) as d:
-        yield d
-
-
 def _client(port: int, key: Path) -> AdbDeviceTcp:
     dev = AdbDeviceTcp("127.0.0.1", port, default_transport_timeout_s=5)
     dev.connect(rsa_keys=[load_signer(key)], auth_timeout_s=5, read_timeout_s=5)

@@ -24,7 +24,7 @@ class FakeEvaluator:
     fail_keys: set[str] = set()
     interrupt_at: int | None = None
 
-    def __init__(self, config, db, device, measure):
+    def __init__(self, config, db, device):
         self.space = SPACE
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)
 
