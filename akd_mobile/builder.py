@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from akd_mobile.batchnorm import BatchNorm2d
 from akd_mobile.space import ArchSpec, LayerPlan, SearchSpace, get_space
 
 
@@ -30,8 +31,13 @@ class SqueezeExcite(nn.Module):
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [
         nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
     ]
+
+
+def _relu() -> nn.ReLU:
+    """In place: each ReLU follows a batch norm, whose backward needs its input, not its output."""
+    return nn.ReLU(inplace=True)
 
 
 class SearchLayer(nn.Module):
@@ -40,15 +46,14 @@ class SearchLayer(nn.Module):
     def __init__(self, plan: LayerPlan) -> None:
         super().__init__()
         k, s, cin, cout, mid = plan.kernel, plan.stride, plan.in_ch, plan.out_ch, plan.mid_ch
-        relu = nn.ReLU
         if plan.op == "conv":
-            main = [*_conv_bn(cin, cout, k, s), relu()]
+            main = [*_conv_bn(cin, cout, k, s), _relu()]
             se_on, tail = cout, []
         elif plan.op == "dw":
-            main = [*_conv_bn(cin, cin, k, s, groups=cin), relu()]
+            main = [*_conv_bn(cin, cin, k, s, groups=cin), _relu()]
             se_on, tail = cin, _conv_bn(cin, cout, 1)
         else:
-            main = [*_conv_bn(cin, mid, 1), relu(), *_conv_bn(mid, mid, k, s, groups=mid), relu()]
+            main = [*_conv_bn(cin, mid, 1), _relu(), *_conv_bn(mid, mid, k, s, groups=mid), _relu()]
             se_on, tail = mid, _conv_bn(mid, cout, 1)
         if plan.se_ch:
             main.append(SqueezeExcite(se_on, plan.se_ch))
@@ -76,9 +81,9 @@ class StudentNet(nn.Module):
     def __init__(self, space: SearchSpace, arch: ArchSpec, dropout: float = 0.0) -> None:
         super().__init__()
         c = space.input_shape[0]
-        self.stem = nn.Sequential(*_conv_bn(c, space.stem_channels, 3, space.stem_stride), nn.ReLU())
+        self.stem = nn.Sequential(*_conv_bn(c, space.stem_channels, 3, space.stem_stride), _relu())
         self.layers = nn.Sequential(*(SearchLayer(p) for p in space.plan(arch)))
-        self.head = nn.Sequential(*_conv_bn(space.last_channels(arch), space.head_channels, 1), nn.ReLU())
+        self.head = nn.Sequential(*_conv_bn(space.last_channels(arch), space.head_channels, 1), _relu())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(space.head_channels, space.num_classes)
 

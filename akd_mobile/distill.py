@@ -13,10 +13,10 @@ oneDNN's CPU convolutions run several times faster than NCHW.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from akd_mobile.data import Dataset
 from akd_mobile.errors import DeviceError, DistillError
+from akd_mobile.malloc import retain_freed_memory
 from akd_mobile.space import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ class ProxyBudget:
     steps: int = 80
     epochs: float | None = None
     batch_size: int = 125
-    lr: float = 0.05
+    lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-5
     temperature: float = 1.0
@@ -432,21 +434,22 @@ def _train_steps(
     perms: dict[int, torch.Tensor] = {}
     loss = torch.zeros(())
     start = time.perf_counter()
-    for step in range(first_step, first_step + steps):
-        epoch, within = divmod(step, per_pass)
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        idx = perms[epoch][within * batch_size : (within + 1) * batch_size].to(x.device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        out = model(_layout(x[idx]))
-        if t is None:
-            loss = F.cross_entropy(out, y[idx])
-        else:
-            loss = kd_loss(out, t[idx], y[idx], temperature, alpha)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with retain_freed_memory():  # no page faults for each step's activations
+        for step in range(first_step, first_step + steps):
+            epoch, within = divmod(step, per_pass)
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            idx = perms[epoch][within * batch_size : (within + 1) * batch_size].to(x.device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            out = model(_layout(x[idx]))
+            if t is None:
+                loss = F.cross_entropy(out, y[idx])
+            else:
+                loss = kd_loss(out, t[idx], y[idx], temperature, alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     seconds = time.perf_counter() - start
     final = float(loss.detach())
     if not math.isfinite(final):
@@ -492,12 +495,17 @@ def _recalibrate_batch_norm(model: nn.Module, x: torch.Tensor, device: torch.dev
 
 
 def _fold_batch_norm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of `model` with each batch norm folded into the convolution before it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the module imports deprecated TorchScript helpers
-        from torch.fx.experimental.optimization import fuse
-
-    return fuse(model.eval())
+    """An eval-mode copy of `model` with each batch norm folded into the convolution before it
+    (a convolution directly followed by a batch norm in an `nn.Sequential`, as the builder makes them)."""
+    folded = copy.deepcopy(model).eval()
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = nn.Identity()
+    return folded.to(memory_format=torch.channels_last)
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,10 @@
-"""How the KD proxy's settings (T, alpha, steps, batch norm recalibration) move the validation accuracy of the typical
-`mnasnet-small` student (the one bench_distill.py picks) under a few proxy settings, one
-seed, default teacher, Fashion-MNIST, one torch thread. Writes a table into docs/distill.md.
+"""How the KD proxy's settings move its score, and how much the score moves by seed alone.
+
+Scores three `mnasnet-small` students (the median-MACs sample near 50k, 100k and 200k
+parameters, picked as bench_distill.py picks its typical student) under each proxy
+setting with two seeds each: default teacher, Fashion-MNIST, one torch thread per score,
+two scores at a time. Reports per setting the mean validation accuracy and the seed
+spread (the mean over students of |seed 0 - seed 1|). Writes a table into docs/distill.md.
 
     .venv/bin/python benchmarks/bench_proxy_choices.py
 """
@@ -8,45 +12,74 @@ seed, default teacher, Fashion-MNIST, one torch thread. Writes a table into docs
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import re
+import statistics
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from akd_mobile.data import load_dataset
-from akd_mobile.distill import ProxyBudget, proxy_score
-from akd_mobile.space import get_space
-from akd_mobile.teachers import cached_logits, load_teacher
-from bench_distill import typical_student
+from akd_mobile.distill import ProxyBudget
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "distill.md"
 START, END = "<!-- bench_proxy_choices:start -->", "<!-- bench_proxy_choices:end -->"
-SETTINGS = [
-    ("kd", "80 steps, T=1, alpha=0.9 (default)", {}),
-    ("kd", "80 steps, T=1, alpha=0.5", {"alpha": 0.5}),
-    ("kd", "80 steps, T=2, alpha=0.9", {"temperature": 2.0}),
-    ("kd", "80 steps, T=4, alpha=0.9", {"temperature": 4.0}),
-    ("ce", "80 steps, labels only", {}),
-    ("kd", "48 steps, default", {"steps": 48}),
-    ("kd", "48 steps, no batch norm recalibration", {"steps": 48, "bn_images": 0}),
+STUDENT_PARAMS = (50_000, 100_000, 200_000)
+SEEDS = (0, 1)
+SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("kd", "lr 0.2, T=1, alpha=0.9 (default)", {}),
+    ("kd", "lr 0.05 (the first default)", {"lr": 0.05}),
+    ("kd", "lr 0.1", {"lr": 0.1}),
+    ("kd", "lr 0.4", {"lr": 0.4}),
+    ("kd", "T=2", {"temperature": 2.0}),
+    ("kd", "T=4", {"temperature": 4.0}),
+    ("kd", "alpha=0.5", {"alpha": 0.5}),
+    ("kd", "no batch norm recalibration", {"bn_images": 0}),
+    ("ce", "labels only (lr 0.2)", {}),
 ]
 
 
-def main() -> None:
+def score(job: tuple[int, str, dict[str, Any], int]) -> float:
+    """Validation accuracy of the student near `params` parameters under one setting and seed."""
+    from akd_mobile.data import load_dataset
+    from akd_mobile.distill import proxy_score
+    from akd_mobile.space import get_space
+    from akd_mobile.teachers import cached_logits, load_teacher
+    from bench_distill import typical_student
+
+    params, mode, change, seed = job
     data = load_dataset("fashion-mnist", seed=0)
     logits = cached_logits(load_teacher("default"), data)
-    arch = typical_student(get_space("mnasnet-small", data.input_shape, data.num_classes))
+    arch = typical_student(get_space("mnasnet-small", data.input_shape, data.num_classes), params)
+    budget = dataclasses.replace(ProxyBudget(), **change)
+    return proxy_score(arch, data, logits, budget, mode=mode, seed=seed, threads=1).accuracy
+
+
+def main() -> None:
+    from akd_mobile.data import load_dataset
+    from akd_mobile.teachers import cached_logits, load_teacher
+
+    cached_logits(load_teacher("default"), load_dataset("fashion-mnist", seed=0))  # fill the cache once
+    jobs = [(p, mode, change, seed) for mode, _, change in SETTINGS for p in STUDENT_PARAMS for seed in SEEDS]
+    # spawn, not fork: a fork of this process, whose torch has started its thread pools, can hang
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        accuracies = iter(pool.map(score, jobs))
     rows = []
-    for mode, label, change in SETTINGS:
-        budget = dataclasses.replace(ProxyBudget(), **change)
-        r = proxy_score(arch, data, logits, budget, mode=mode, seed=0, threads=1)
-        rows.append(f"| {mode} | {label} | {r.accuracy:.4f} | {r.train_s + r.eval_s:.1f} |")
-        print(rows[-1])
+    for mode, label, _ in SETTINGS:
+        per_student = [[next(accuracies) for _ in SEEDS] for _ in STUDENT_PARAMS]
+        means = [statistics.fmean(a) for a in per_student]
+        spread = statistics.fmean(abs(a[0] - a[1]) for a in per_student)
+        rows.append(f"| {mode} | {label} | {statistics.fmean(means):.3f} | {spread:.3f} | "
+                    + " / ".join(f"{m:.3f}" for m in means) + " |")
+        print(rows[-1], flush=True)
+    default = ProxyBudget()
     table = "\n".join([
         START,
-        "Command: `.venv/bin/python benchmarks/bench_proxy_choices.py` (student "
-        f"`{arch.key}`, seed 0, 2,500 validation images, one seed).",
+        "Command: `.venv/bin/python benchmarks/bench_proxy_choices.py`: three students (median-MACs "
+        "samples near 50k, 100k and 200k parameters), seeds 0 and 1, 2,500 validation images, the "
+        f"default budget ({default.steps} steps of {default.batch_size}) with one setting changed per row.",
         "",
-        "| mode | proxy setting | validation accuracy | seconds |",
-        "| --- | --- | --- | --- |",
+        "| mode | proxy setting | mean accuracy | seed spread (mean abs. difference) | per student (50k / 100k / 200k) |",
+        "| --- | --- | --- | --- | --- |",
         *rows,
         END,
     ])

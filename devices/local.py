@@ -38,30 +38,39 @@ class LocalDevice:
 
     Args:
         name: profile name.
-        timeout_s: seconds one measurement may take before its process is killed.
+        timeout_s: seconds one child process may take before it is killed.
+        processes: child processes one measurement's timed runs are split over (each does
+            the warm-up, then its share of the runs); the samples are pooled. One process
+            runs a model a few percent faster or slower than the next, whatever the number
+            of runs, so pooling processes narrows the spread of repeated medians
+            (docs/latency.md).
     """
 
-    def __init__(self, name: str = "local", timeout_s: float = 300.0) -> None:
+    def __init__(self, name: str = "local", timeout_s: float = 300.0, processes: int = 1) -> None:
         if not timeout_s > 0:
             raise DeviceError(f"device {name}: timeout_s must be positive, got {timeout_s}")
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise DeviceError(f"device {name}: processes must be an integer >= 1, got {processes!r}")
         self.name = name
         self.timeout_s = float(timeout_s)
+        self.processes = processes
 
     @classmethod
     def from_profile(cls, profile: Any) -> LocalDevice:
-        """Open the device a `local` profile describes (setting: `timeout_s`; `threads`,
-        `runs` and `warmup` are the measurement defaults a search on this device uses)."""
+        """Open the device a `local` profile describes (settings: `timeout_s`, `processes`;
+        `threads`, `runs` and `warmup` are the measurement defaults a search on this device uses)."""
         settings = dict(profile.settings)
         timeout_s = settings.pop("timeout_s", 300.0)
-        for key, least in (("threads", 1), ("runs", 1), ("warmup", 0)):
-            value = settings.pop(key, least)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise DeviceError(f"device profile {profile.path}: {key} must be an integer >= {least}")
+        counts = {"threads": 1, "runs": 1, "warmup": 0, "processes": 1}  # each setting's least value
+        values = {key: settings.pop(key, least) for key, least in counts.items()}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < counts[key]:
+                raise DeviceError(f"device profile {profile.path}: {key} must be an integer >= {counts[key]}")
         if settings:
             raise DeviceError(f"device profile {profile.path}: unknown setting(s) {', '.join(sorted(settings))}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
             raise DeviceError(f"device profile {profile.path}: timeout_s must be a number")
-        return cls(profile.name, timeout_s)
+        return cls(profile.name, timeout_s, values["processes"])
 
     def info(self) -> DeviceInfo:
         """CPU model, core count, maximum frequencies (where readable) and runtime versions."""
@@ -82,7 +91,8 @@ class LocalDevice:
         )
 
     def measure(self, artifact: Path, threads: int = 1, warmup: int = 10, runs: int = 50) -> LatencyResult:
-        """Time `runs` inferences of a `.tflite` or `.pte` file after `warmup` untimed ones.
+        """Time `runs` inferences of a `.tflite` or `.pte` file, split over `processes` child
+        processes that each run `warmup` untimed inferences first; the samples are pooled.
 
         Raises:
             DeviceError: a missing, empty or unsupported file, bad counts, a runtime that
@@ -90,6 +100,13 @@ class LocalDevice:
         """
         artifact = check_artifact(artifact)
         check_counts(threads, warmup, runs)
+        samples: list[float] = []
+        for share in _shares(runs, self.processes):
+            samples += self._run_child(artifact, threads, warmup, share)
+        return LatencyResult.from_samples(samples)
+
+    def _run_child(self, artifact: Path, threads: int, warmup: int, runs: int) -> list[float]:
+        """The per-run latencies (ms) one child process measures."""
         with tempfile.TemporaryDirectory(prefix="akd-measure-") as tmp:
             out = Path(tmp) / "result.json"
             # -P and an explicit PYTHONPATH: this `devices` package, never one in the caller's cwd.
@@ -114,7 +131,13 @@ class LocalDevice:
             raise DeviceError(
                 f"the runtime crashed measuring {artifact.name} ({_exit_reason(proc.returncode)}){last}"
             )
-        return LatencyResult.from_samples(result["samples_ms"])
+        return result["samples_ms"]
+
+
+def _shares(runs: int, processes: int) -> list[int]:
+    """`runs` split as evenly as possible over at most `processes` processes, none empty."""
+    used = min(runs, processes)
+    return [runs // used + (i < runs % used) for i in range(used)]
 
 
 def check_artifact(artifact: Path) -> Path:

@@ -247,3 +247,21 @@ def test_the_distill_command_reports_bad_options_in_one_line(tmp_path, args, mes
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_batch_norm_folding_keeps_the_outputs_and_removes_every_batch_norm(arch):
+    from torch import nn
+
+    from akd_mobile.distill import _fold_batch_norm
+
+    model = build_student(arch, seed=0)
+    model.train()
+    with torch.no_grad():  # move the running statistics away from 0 and 1
+        model(torch.randn(32, *arch.input_shape) * 2 + 1)
+    model.eval()
+    x = torch.randn(8, *arch.input_shape)
+    folded = _fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)

@@ -31,9 +31,9 @@ def test_profiles_resolve_by_name_and_path(tmp_path):
     device = open_device("local")
     assert isinstance(device, LocalDevice) and isinstance(device, Device) and device.name == "local"
     custom = tmp_path / "fast.toml"
-    custom.write_text('backend = "local"\ndescription = "quick"\ntimeout_s = 7\n')
+    custom.write_text('backend = "local"\ndescription = "quick"\ntimeout_s = 7\nprocesses = 2\n')
     dev = open_device(str(custom))
-    assert (dev.name, dev.timeout_s) == ("fast", 7.0)
+    assert (dev.name, dev.timeout_s, dev.processes) == ("fast", 7.0, 2)
     assert load_profile(custom).description == "quick"
 
 
@@ -46,6 +46,8 @@ def test_profiles_resolve_by_name_and_path(tmp_path):
         ('description = "no backend"\n', "needs backend = one of .*local"),
         ("backend = local\n", "not valid TOML"),
         ('backend = "local"\ntimeout_s = -1\n', "timeout_s must be positive"),
+        ('backend = "local"\nprocesses = 0\n', "processes must be an integer >= 1"),
+        ('backend = "local"\nprocesses = "3"\n', "processes must be an integer >= 1"),
     ],
 )
 def test_bad_profiles_are_one_line_errors(tmp_path, text, message):
@@ -85,6 +87,26 @@ def test_measure_gives_sane_statistics(models, fmt):
     assert all(math.isfinite(s) and s > 0 for s in r.samples_ms)
     assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= r.max_ms < 1000
     assert r.min_ms <= r.mean_ms <= r.max_ms and r.std_ms >= 0
+
+
+def test_runs_are_split_over_processes_and_pooled(models, monkeypatch):
+    import subprocess
+
+    children = []
+    real_run = subprocess.run
+
+    def counting_run(cmd, **kwargs):
+        children.append(int(cmd[-2]))  # the child's share of the timed runs
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr("devices.local.subprocess.run", counting_run)
+    r = LocalDevice(processes=3).measure(models["tflite"], threads=1, warmup=1, runs=7)
+    assert children == [3, 2, 2] and r.count == 7
+    children.clear()
+    assert LocalDevice(processes=3).measure(models["tflite"], threads=1, warmup=0, runs=2).count == 2
+    assert children == [1, 1]  # never an empty share
+    with pytest.raises(DeviceError, match="processes must be an integer >= 1"):
+        LocalDevice(processes=0)
 
 
 def test_executorch_threads_are_set(models):
