@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from akd_mobile.batchnorm import BatchNorm2d
 from akd_mobile.space import ArchSpec, LayerPlan, SearchSpace, get_space
 
 
@@ -31,7 +30,7 @@ class SqueezeExcite(nn.Module):
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [
         nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-        BatchNorm2d(out_ch),
+        nn.BatchNorm2d(out_ch),
     ]
 
 

@@ -27,24 +27,32 @@ HEAP_BLOCK_BYTES = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 6
 KEEP_BYTES = 1 << 30
 
 
+_open_blocks = [0]  # how many retain_freed_memory blocks are open; the outermost one sets and resets
+
+
 @contextmanager
 def retain_freed_memory() -> Iterator[None]:
     """Within the block, serve blocks up to 32 MiB from the heap and keep up to 1 GiB freed.
 
-    Does nothing where the C library is not glibc.
+    Blocks may nest: only the outermost one changes the settings. Does nothing where the
+    C library is not glibc.
     """
     libc = _glibc()
     if libc is None:
         yield
         return
-    libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
-    libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)
+    if _open_blocks[0] == 0:
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)
+    _open_blocks[0] += 1
     try:
         yield
     finally:
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD_BYTES)
-        libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_THRESHOLD_BYTES)
-        libc.malloc_trim(0)
+        _open_blocks[0] -= 1
+        if _open_blocks[0] == 0:
+            libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD_BYTES)
+            libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_THRESHOLD_BYTES)
+            libc.malloc_trim(0)
 
 
 @cache

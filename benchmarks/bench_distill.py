@@ -72,7 +72,10 @@ def cpu_peak() -> tuple[float, str]:
     flags = set(fields.get("Flags", "").split())
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     fma = 2 if "fma" in flags or "avx512f" in flags else 1
-    units = 2  # FMA pipes per core: two on server Xeons with AVX-512 (an assumption; lscpu cannot tell)
+    # Vector FMA pipes per core at that width: server Xeons with AVX-512 have two 512-bit ones
+    # (an assumption; lscpu cannot tell); AMD's Zen 4 runs AVX-512 on two 256-bit pipes,
+    # which is one 512-bit FMA per cycle.
+    units = 1 if lanes == 16 and fields.get("Vendor ID") == "AuthenticAMD" else 2
     per_cycle = lanes * fma * units
     peak = cores * mhz * 1e6 * per_cycle
     how = (

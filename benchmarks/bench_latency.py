@@ -1,6 +1,6 @@
 """Repeatability and overhead of `bench` on the local device, and export times.
 
-    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50]
+    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50] [--drift-s 60]
 
 1. Repeatability: `akd-mobile bench MODEL --json` on the same model, `--repeats` times per
    format, with one child process per measurement and with the local profile's
@@ -8,10 +8,11 @@
 2. Harness overhead: our measurement (`LocalDevice.measure`, per-run timing in child
    processes) against the runtime's own loop (the interpreter's `invoke()`, or ExecuTorch's
    `execute()`, timed back to back, total / count), both spread over the profile's
-   `processes` fresh processes, alternated `--repeats` times; overhead = median over the
+   `processes` fresh processes, alternated `--repeats` times, which goes first alternating too; overhead = median over the
    rounds of ours / theirs - 1 (target < 5% on a >= 5 ms model). Our median and our mean
    are both compared with their mean.
-3. Export time of one mnasnet-small and one mnasnet-imagenet candidate to each format:
+3. The host's own drift: the runtime's back-to-back speed over a minute, in 5 s windows.
+4. Export time of one mnasnet-small and one mnasnet-imagenet candidate to each format:
    cold (empty cache) and cached, each an `akd-mobile export` process; wall time of the
    command and the conversion time it reports.
 
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "latency.md"
@@ -70,6 +72,13 @@ def repeatability(models: dict[str, Path], repeats: int, runs: int, env: dict[st
             rows.append({"format": fmt, "processes": processes, "medians_ms": medians, "cv_pct": _cv(medians),
                          "min_cv_pct": _cv(minima), "bench_wall_s": statistics.median(walls)})
     return rows
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def _cv(values: list[float]) -> float:
@@ -126,7 +135,8 @@ def _runtime_loop_in_child(path: Path, runs: int, via: str = "extension") -> flo
 
 def overhead(models: dict[str, Path], repeats: int, runs: int, processes: int) -> list[dict]:
     """Our measurement against the runtime's own loop, both spread over `processes` fresh
-    processes per round (a process's own speed varies by a few percent), `repeats` rounds."""
+    processes per round (a process's own speed varies by a few percent), `repeats` rounds,
+    the order of the two alternating from round to round."""
     from devices.local import LocalDevice
 
     device = LocalDevice(processes=processes)
@@ -134,9 +144,15 @@ def overhead(models: dict[str, Path], repeats: int, runs: int, processes: int) -
     rows = []
     for fmt, path in models.items():
         pairs = []
-        for _ in range(repeats):
-            r = device.measure(path, threads=1, warmup=WARMUP, runs=per_process * processes)
-            loop = statistics.fmean(_runtime_loop_in_child(path, per_process) for _ in range(processes))
+        for round_ in range(repeats):
+            got: dict[str, Any] = {}
+            # which goes first alternates: the host's speed drifts (see host_drift)
+            for who in ("ours", "theirs") if round_ % 2 == 0 else ("theirs", "ours"):
+                if who == "ours":
+                    got[who] = device.measure(path, threads=1, warmup=WARMUP, runs=per_process * processes)
+                else:
+                    got[who] = statistics.fmean(_runtime_loop_in_child(path, per_process) for _ in range(processes))
+            r, loop = got["ours"], got["theirs"]
             public = statistics.fmean(_runtime_loop_in_child(path, per_process, "runtime") for _ in range(processes))
             pairs.append((r.median_ms, r.mean_ms, loop, public))
         rows.append({"format": fmt, "ours_median_ms": statistics.median(p[0] for p in pairs),
@@ -146,6 +162,27 @@ def overhead(models: dict[str, Path], repeats: int, runs: int, processes: int) -
                      "overhead_mean_pct": 100 * (statistics.median(p[1] / p[2] for p in pairs) - 1),
                      "public_loop_mean_ms": statistics.median(p[3] for p in pairs)})
     return rows
+
+
+def host_drift(path: Path, seconds: float, window_s: float = 5.0) -> dict:
+    """The host's own drift: one interpreter timing single invokes of a `.tflite` model back
+    to back for `seconds`; the medians of consecutive `window_s` windows and their CV."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    (inp,) = interp.get_input_details()
+    interp.set_tensor(inp["index"], np.random.default_rng(0).standard_normal(inp["shape"]).astype(np.float32))
+    for _ in range(WARMUP):
+        interp.invoke()
+    windows: dict[int, list[float]] = {}
+    start = time.perf_counter()
+    while (now := time.perf_counter()) - start < seconds:
+        interp.invoke()
+        windows.setdefault(int((now - start) // window_s), []).append((time.perf_counter() - now) * 1000)
+    medians = [statistics.median(v) for _, v in sorted(windows.items())]
+    return {"seconds": seconds, "window_s": window_s, "medians_ms": medians, "cv_pct": _cv(medians)}
 
 
 def export_times(archs: dict[str, str], env: dict[str, str]) -> list[dict]:
@@ -167,6 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--drift-s", type=float, default=60.0, help="seconds of the host drift check")
     parser.add_argument("--runtime-loop", type=Path, help="internal: print the runtime loop's mean ms of this model")
     parser.add_argument("--via", choices=("extension", "runtime"), default="extension", help="internal: see _runtime_loop")
     args = parser.parse_args()
@@ -186,21 +224,28 @@ def main() -> None:
         small = get_space("mnasnet-small").sample(random.Random(0))
         models = {fmt: export_model(big, fmt).path for fmt in ("tflite", "pte")}
         rep = repeatability(models, args.repeats, args.runs, env, Path(tmp))
+        drift = host_drift(models["tflite"], args.drift_s)
         over = overhead(models, args.repeats, args.runs, load_profile("local").settings.get("processes", 1))
         env["AKD_CACHE_DIR"] = f"{tmp}/cache-exports"
         exp = export_times({"mnasnet-small": small.canonical, "mnasnet-imagenet": big.canonical}, env)
     load_after = os.getloadavg()
 
-    cmd = f".venv/bin/python benchmarks/bench_latency.py --repeats {args.repeats} --runs {args.runs}"
+    cmd = (f".venv/bin/python benchmarks/bench_latency.py --repeats {args.repeats} --runs {args.runs} "
+           f"--drift-s {args.drift_s:g}")
     lines = [
         START,
         f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
-        f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after: other jobs shared the CPUs, "
-        "so the figures are noisy.",
+        f"{_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (the benchmark itself keeps one "
+        "core busy).",
         "",
         f"Model: the mnasnet-imagenet candidate `{big.key}` (random.Random(0) sample), 1 thread, "
         f"{WARMUP} warm-up and {args.runs} timed runs.",
+        "",
+        f"**The host's own drift** - single `invoke()`s of the `.tflite` model back to back in one process for "
+        f"{drift['seconds']:g} s: the medians of consecutive {drift['window_s']:g}-second windows are "
+        f"{', '.join(f'{m:.1f}' for m in drift['medians_ms'])} ms, a CV of {drift['cv_pct']:.1f}%. No harness "
+        "can measure more steadily than the host runs.",
         "",
         f"**Repeatability** - `akd-mobile bench MODEL --runs {args.runs}` {args.repeats} times (target CV <= 3%):",
         "",

@@ -2,8 +2,8 @@
 
 Scores three `mnasnet-small` students (the median-MACs sample near 50k, 100k and 200k
 parameters, picked as bench_distill.py picks its typical student) under each proxy
-setting with two seeds each: default teacher, Fashion-MNIST, one torch thread per score,
-two scores at a time. Reports per setting the mean validation accuracy and the seed
+setting with two seeds each: default teacher, Fashion-MNIST, each score on the search's
+torch threads (`akd_mobile.search.TRAIN_THREADS`), one after the other. Reports per setting the mean validation accuracy and the seed
 spread (the mean over students of |seed 0 - seed 1|). Writes a table into docs/distill.md.
 
     .venv/bin/python benchmarks/bench_proxy_choices.py
@@ -12,14 +12,17 @@ spread (the mean over students of |seed 0 - seed 1|). Writes a table into docs/d
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import re
 import statistics
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from akd_mobile.distill import ProxyBudget
+from akd_mobile.data import load_dataset
+from akd_mobile.distill import ProxyBudget, proxy_score
+from akd_mobile.search import TRAIN_THREADS
+from akd_mobile.space import get_space
+from akd_mobile.teachers import cached_logits, load_teacher
+from bench_distill import typical_student
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "distill.md"
 START, END = "<!-- bench_proxy_choices:start -->", "<!-- bench_proxy_choices:end -->"
@@ -38,31 +41,19 @@ SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def score(job: tuple[int, str, dict[str, Any], int]) -> float:
-    """Validation accuracy of the student near `params` parameters under one setting and seed."""
-    from akd_mobile.data import load_dataset
-    from akd_mobile.distill import proxy_score
-    from akd_mobile.space import get_space
-    from akd_mobile.teachers import cached_logits, load_teacher
-    from bench_distill import typical_student
-
-    params, mode, change, seed = job
+def main() -> None:
     data = load_dataset("fashion-mnist", seed=0)
     logits = cached_logits(load_teacher("default"), data)
-    arch = typical_student(get_space("mnasnet-small", data.input_shape, data.num_classes), params)
-    budget = dataclasses.replace(ProxyBudget(), **change)
-    return proxy_score(arch, data, logits, budget, mode=mode, seed=seed, threads=1).accuracy
-
-
-def main() -> None:
-    from akd_mobile.data import load_dataset
-    from akd_mobile.teachers import cached_logits, load_teacher
-
-    cached_logits(load_teacher("default"), load_dataset("fashion-mnist", seed=0))  # fill the cache once
-    jobs = [(p, mode, change, seed) for mode, _, change in SETTINGS for p in STUDENT_PARAMS for seed in SEEDS]
-    # spawn, not fork: a fork of this process, whose torch has started its thread pools, can hang
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        accuracies = iter(pool.map(score, jobs))
+    space = get_space("mnasnet-small", data.input_shape, data.num_classes)
+    students = [typical_student(space, params) for params in STUDENT_PARAMS]
+    results = []
+    for mode, _, change in SETTINGS:
+        budget = dataclasses.replace(ProxyBudget(), **change)
+        for arch in students:
+            for seed in SEEDS:
+                results.append(proxy_score(arch, data, logits, budget, mode=mode, seed=seed,
+                                           threads=TRAIN_THREADS).accuracy)
+    accuracies = iter(results)
     rows = []
     for mode, label, _ in SETTINGS:
         per_student = [[next(accuracies) for _ in SEEDS] for _ in STUDENT_PARAMS]
@@ -76,7 +67,8 @@ def main() -> None:
         START,
         "Command: `.venv/bin/python benchmarks/bench_proxy_choices.py`: three students (median-MACs "
         "samples near 50k, 100k and 200k parameters), seeds 0 and 1, 2,500 validation images, the "
-        f"default budget ({default.steps} steps of {default.batch_size}) with one setting changed per row.",
+        f"default budget ({default.steps} steps of {default.batch_size}) with one setting changed per row, "
+        f"{TRAIN_THREADS} torch threads per score.",
         "",
         "| mode | proxy setting | mean accuracy | seed spread (mean abs. difference) | per student (50k / 100k / 200k) |",
         "| --- | --- | --- | --- | --- |",

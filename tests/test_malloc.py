@@ -1,8 +1,9 @@
 """retain_freed_memory: inside the block large blocks come from the heap and are reused
-without page faults; after it, glibc's default thresholds are back."""
+without page faults; on leaving it, what is free goes back to the kernel."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 import resource
@@ -48,10 +49,27 @@ def test_inside_the_block_large_blocks_come_from_the_heap_and_are_reused_without
     assert steady < 0.05 * 20 * BLOCK_PAGES
 
 
-def test_after_the_block_large_blocks_are_mapped_again_also_when_it_raises():
-    with pytest.raises(RuntimeError), retain_freed_memory():
-        raise RuntimeError("boom")
-    before = _mmapped_regions()
-    kept = torch.ones(BLOCK_FLOATS)
-    assert _mmapped_regions() == before + 1
-    del kept
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_on_exit_the_freed_memory_goes_back_to_the_kernel(raises):
+    with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
+        with retain_freed_memory():
+            _faults_of_blocks(5)  # at least the last block's memory is kept, resident
+            held = _resident_bytes()
+            if raises:
+                raise RuntimeError("boom")
+    assert held - _resident_bytes() > 0.8 * BLOCK_FLOATS * 4
+
+
+def test_a_nested_block_leaves_the_settings_to_the_outer_one():
+    with retain_freed_memory():
+        with retain_freed_memory():
+            pass
+        before = _mmapped_regions()
+        kept = torch.ones(BLOCK_FLOATS)
+        assert _mmapped_regions() == before  # still served from the heap
+        del kept
