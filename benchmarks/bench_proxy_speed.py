@@ -3,19 +3,23 @@
     .venv/bin/python benchmarks/bench_proxy_speed.py [--rounds 5] [--steps 10]
 
 Times training steps (KD loss, batches of 125, channels-last, SGD) under each variant,
-the variants interleaved over `--rounds` rounds, each round a fresh model, 3 untimed
-steps, then `--steps` timed ones; reports the median seconds per step and the page
-faults per step. Then times the validation pass over 2,500 images in batches of 1,000
-and of 250. Writes a table into docs/distill.md between the bench_proxy_speed markers.
+the variants interleaved over `--rounds` rounds, each run a fresh process (glibc's heap
+and torch's thread pools start afresh) with a fresh model, 3 untimed steps, then
+`--steps` timed ones; reports the median seconds per step and the page faults per step.
+Then times the validation pass over 2,500 images in batches of 1,000 and of 250, also
+one fresh process each. Writes a table into docs/distill.md between the bench_proxy_speed markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +39,7 @@ BATCH = 125
 # name: (threads, shards, keep freed memory, bfloat16 autocast)
 VARIANTS = {
     "1 thread (the proxy's way)": (1, 1, True, False),
-    "1 thread, freed memory handed back to the kernel (glibc's default)": (1, 1, False, False),
+    "1 thread, glibc's default malloc settings": (1, 1, False, False),
     "1 thread, bfloat16 autocast": (1, 1, True, True),
     "2 threads, torch's intra-op threading": (2, 1, True, False),
     "2 threads, two shards (the proxy's way)": (2, 2, True, False),
@@ -76,22 +80,43 @@ def time_validation(arch, data, batch_size: int) -> float:
         return time.perf_counter() - start
 
 
+def _in_child(*args: str) -> list[float]:
+    """Run this script with `args` in a fresh process; the numbers it prints."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement, in this (fresh) process: prints a JSON list."""
+    data = load_dataset("fashion-mnist", seed=0)
+    arch = typical_student(get_space("mnasnet-small", data.input_shape, data.num_classes))
+    if args.validation:
+        print(json.dumps([time_validation(arch, data, args.validation)]))
+        return
+    logits = torch.randn(len(data.train_y), data.num_classes, generator=torch.Generator().manual_seed(0))
+    print(json.dumps(list(time_steps(arch, data, logits, VARIANTS[args.variant], args.steps))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--variant", choices=VARIANTS, help="internal: measure one variant in this process")
+    parser.add_argument("--validation", type=int, help="internal: time validation with this batch size")
     args = parser.parse_args()
+    if args.variant or args.validation:
+        child(args)
+        return
     data = load_dataset("fashion-mnist", seed=0)
     arch = typical_student(get_space("mnasnet-small", data.input_shape, data.num_classes))
-    logits = torch.randn(len(data.train_y), data.num_classes, generator=torch.Generator().manual_seed(0))
-    steps: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    steps: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}
     validation: dict[int, list[float]] = {1000: [], 250: []}
     for _ in range(args.rounds):
-        for name, variant in VARIANTS.items():
-            steps[name].append(time_steps(arch, data, logits, variant, args.steps))
+        for name in VARIANTS:
+            steps[name].append(_in_child("--variant", name, "--steps", str(args.steps)))
             print(f"{name}: {steps[name][-1][0]:.4f} s/step", flush=True)
         for batch_size in validation:
-            validation[batch_size].append(time_validation(arch, data, batch_size))
+            validation[batch_size] += _in_child("--validation", str(batch_size))
     base = statistics.median(s for s, _ in steps["1 thread (the proxy's way)"])
     rows = []
     for name, results in steps.items():

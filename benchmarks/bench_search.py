@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from akd_mobile.search import SearchConfig, run_search
+from akd_mobile.search import TRAIN_THREADS, SearchConfig, run_search
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "search.md"
 
@@ -71,7 +71,9 @@ def main() -> None:
         "",
         "Exports run in a background process while the foreground trains: `export s` is only the",
         "time the foreground waited for one (the first candidate of a run, and any export slower",
-        "than the training it overlaps). KD training is the 80-step proxy on one torch thread.",
+        f"than the training it overlaps). KD training is the 80-step proxy on {TRAIN_THREADS} torch threads",
+        "(the batch in two shards, docs/distill.md), while the export worker's process takes a core",
+        "whenever a candidate's latency is not in the database yet.",
         "With a warm database every latency is a hit: export and measurement take no time and",
         "the search is KD training and the controller. `other` is data loading, model building",
         "and database writes.",

@@ -65,6 +65,16 @@ def test_on_exit_the_freed_memory_goes_back_to_the_kernel(raises):
     assert held - _resident_bytes() > 0.8 * BLOCK_FLOATS * 4
 
 
+def test_after_the_block_large_blocks_still_come_from_the_heap():
+    """glibc's initial 128 KiB mmap threshold would fault more than glibc's own dynamic defaults."""
+    with retain_freed_memory():
+        pass
+    before = _mmapped_regions()
+    kept = torch.ones(BLOCK_FLOATS)
+    assert _mmapped_regions() == before
+    del kept
+
+
 def test_a_nested_block_leaves_the_settings_to_the_outer_one():
     with retain_freed_memory():
         with retain_freed_memory():
