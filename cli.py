@@ -437,7 +437,8 @@ def loopback_serve(port, root, keys):
 def torch_options(f):
     """--torch-device and --threads: where torch trains, and on how many CPU threads."""
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="Torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine).")(f)
+                     help="Torch CPU threads (default: torch's, one per core); training splits each batch "
+                          "into that many shards of 32 or more images, one thread each.")(f)
     f = click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when present).")(f)
     return f
 

@@ -6,8 +6,9 @@ Run from the repository root:
 
 It picks a typical `mnasnet-small` student (about 100k parameters), computes the default
 teacher's logits over Fashion-MNIST once (cached), then times `proxy_score` in `kd` and `ce`
-mode, interleaved, with the default `ProxyBudget` (10,000 training images). The figures go
-into docs/distill.md between the `bench` markers, with this command line.
+mode on each thread count, all interleaved, with the default `ProxyBudget` (10,000 training
+images). The figures go into docs/distill.md between the `bench` markers, with this command
+line.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def cpu_peak() -> tuple[float, str]:
     return peak, how
 
 
+def host_gflops() -> float:
+    """One thread's float32 matmul rate now: a yardstick of how fast the host runs at the moment."""
+    a = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
+    with torch_threads(1):
+        for _ in range(3):
+            a @ a
+        start = time.perf_counter()
+        for _ in range(30):
+            a @ a
+        return 30 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion-mnist")
@@ -112,27 +125,33 @@ def main() -> None:
     flops_img = train_flops_per_image(arch)
     peak, how = cpu_peak()
 
-    rows = []
-    for threads in (int(t) for t in args.threads.split(",")):
-        runs: dict[str, list] = {"kd": [], "ce": []}
-        with torch_threads(threads):
-            for _ in range(args.repeats):
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    host_start = host_gflops()
+    # thread counts and modes interleaved in each repeat: the host's own speed drifts over minutes
+    runs: dict[tuple[int, str], list] = {(t, m): [] for t in thread_counts for m in ("kd", "ce")}
+    for _ in range(args.repeats):
+        for threads in thread_counts:
+            with torch_threads(threads):
                 for mode in ("kd", "ce"):
                     start = time.perf_counter()
                     result = proxy_score(arch, data, logits, budget, mode=mode, seed=0)
-                    runs[mode].append((time.perf_counter() - start, result))
-                    print(f"threads {threads} {mode}: {runs[mode][-1][0]:.2f} s, train {result.train_s:.2f} s, "
+                    runs[threads, mode].append((time.perf_counter() - start, result))
+                    print(f"threads {threads} {mode}: {runs[threads, mode][-1][0]:.2f} s, train {result.train_s:.2f} s, "
                           f"acc {result.accuracy:.4f}", file=sys.stderr)
+    host_end = host_gflops()
+    rows = []
+    for threads in thread_counts:
         for mode in ("kd", "ce"):
-            wall = statistics.median(w for w, _ in runs[mode])
-            train = statistics.median(r.train_s for _, r in runs[mode])
-            ips = statistics.median(r.images_per_s for _, r in runs[mode])
+            done = runs[threads, mode]
+            wall = statistics.median(w for w, _ in done)
+            train = statistics.median(r.train_s for _, r in done)
+            ips = statistics.median(r.images_per_s for _, r in done)
             rows.append({
                 "threads": threads, "mode": mode, "wall_s": wall, "train_s": train,
-                "eval_s": statistics.median(r.eval_s for _, r in runs[mode]),
+                "eval_s": statistics.median(r.eval_s for _, r in done),
                 "images_per_s": ips, "gflops": ips * flops_img / 1e9,
-                "accuracy": statistics.median(r.accuracy for _, r in runs[mode]),
-                "min_wall_s": min(w for w, _ in runs[mode]), "max_wall_s": max(w for w, _ in runs[mode]),
+                "accuracy": statistics.median(r.accuracy for _, r in done),
+                "min_wall_s": min(w for w, _ in done), "max_wall_s": max(w for w, _ in done),
             })
     load_end = os.getloadavg()
 
@@ -142,12 +161,13 @@ def main() -> None:
         f"Command: `{command.strip()}` (from the repository root, `.venv/bin/python`).",
         "",
         f"- Host: {platform.machine()}, {how}.",
-        f"- torch {torch.__version__}; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end "
-        "(the 2 cores are shared with other jobs, so the figures are noisy).",
+        f"- torch {torch.__version__}; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; "
+        f"the host's own speed, one thread's 1024x1024 float32 matmul: {host_start:.0f} GFLOP/s at the start, "
+        f"{host_end:.0f} at the end (it drifts by 10-20% over minutes on a shared host).",
         f"- Student `{arch.canonical}` (key {arch.key}): {cost.params:,} parameters, {cost.macs / 1e6:.2f} MMACs per image; "
         f"one training step costs {flops_img / 1e6:.1f} MFLOP per image (3 x the forward FLOPs torch counts).",
         f"- Budget: {budget.steps} steps x {budget.batch_size} images = {budget.steps * budget.batch_size:,} training images, "
-        f"{budget.eval_images} validation images; {args.repeats} repeats per row, KD and CE interleaved.",
+        f"{budget.eval_images} validation images; {args.repeats} repeats per row, thread counts and KD and CE interleaved.",
         f"- Teacher logits ({args.teacher}, {len(data.train_y):,} images, torch's default threads): "
         f"{first_s:.1f} s to compute and store, {hit_s * 1000:.0f} ms to read back from the cache.",
         "",
