@@ -33,7 +33,7 @@ FORMATS = ("tflite", "pte")
 REWARDS = ("kd", "ce")
 MAX_FAILURES_IN_A_ROW = 5
 # Two torch threads for the proxy, which trains each batch as two shards on threads of
-# their own (akd_mobile.shards): 1.7-2x one thread on 2 cores (docs/distill.md). A thread
+# their own (akd_mobile.shards): 1.8x one thread on 2 cores (docs/distill.md). A thread
 # that the export worker's process delays holds up its step only once, at the join. Fixed
 # rather than one per core, so that a score does not depend on the host's core count.
 TRAIN_THREADS = 2

@@ -1,11 +1,11 @@
 """Data-parallel training steps over CPU threads: each batch split into shards, one thread each.
 
 A student's training step is hundreds of small, memory-bound operations. Splitting each
-operation over intra-op threads makes every one of them wait for its slowest thread; on
-2 cores that gained 1.1-1.2x. Splitting the batch instead gives each thread its own shard
-and a replica of the model that shares the parameters (its batch norm buffers are its
-own), and joins the threads once per step to average the gradients: 1.4-1.6x on 2 cores
-(docs/distill.md). Batch norm then normalizes over each shard ("ghost batch norm"), so a
+operation over intra-op threads makes every one of them wait for its slowest thread
+(1.47x one thread's speed on 2 cores). Splitting the batch instead gives each thread its
+own shard and a replica of the model that shares the parameters (its batch norm buffers
+are its own), and joins the threads once per step to average the gradients (1.73x;
+docs/distill.md). Batch norm then normalizes over each shard ("ghost batch norm"), so a
 result depends on the thread count: with the same count it is the same every run.
 """
 

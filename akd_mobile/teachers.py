@@ -283,7 +283,7 @@ class Teacher:
     def logits(self, x: torch.Tensor, batch_size: int = 250, device: str = "cpu") -> torch.Tensor:
         """Teacher logits for images `x` (N, C, H, W), averaged over the members, on the CPU.
 
-        Freed memory stays in the process meanwhile (`retain_freed_memory`): 1.5x faster.
+        Freed memory stays in the process meanwhile (`retain_freed_memory`), as in training.
 
         Raises:
             TeacherError: a member fails on the images or returns the wrong shape.

@@ -8,9 +8,9 @@
 2. Harness overhead: our measurement (`LocalDevice.measure`, per-run timing in child
    processes) against the runtime's own loop (the interpreter's `invoke()`, or ExecuTorch's
    `execute()`, timed back to back, total / count), both spread over the profile's
-   `processes` fresh processes, alternated `--repeats` times, which goes first alternating too; overhead = median over the
-   rounds of ours / theirs - 1 (target < 5% on a >= 5 ms model). Our median and our mean
-   are both compared with their mean.
+   `processes` fresh processes, in `--repeats` rounds with the order alternating;
+   overhead = median over the rounds of ours / theirs - 1 (target < 5% on a >= 5 ms
+   model). Our median and our mean are both compared with their mean.
 3. The host's own drift: the runtime's back-to-back speed over a minute, in 5 s windows.
 4. Export time of one mnasnet-small and one mnasnet-imagenet candidate to each format:
    cold (empty cache) and cached, each an `akd-mobile export` process; wall time of the
