@@ -49,7 +49,6 @@ class ShardedSteps:
     """
 
     def __init__(self, model: nn.Module, shards: int, intra_threads: int) -> None:
-        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.replicas = [model] + [_replica(model) for _ in range(shards - 1)]
         self.pool = (
