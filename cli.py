@@ -150,13 +150,15 @@ def db_option(f):
 @click.option("--batch", type=int, default=4, show_default=True, help="Candidates per controller update.")
 @click.option("--format", "fmt", default="tflite", show_default=True, help="Artifact measured: tflite or pte.")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the profile's).")
+@click.option("--min-time", "min_time_s", type=float, default=None,
+              help="Least seconds of timed runs per latency measurement (default: the profile's min_time_s).")
 @click.option("--proxy-steps", type=int, default=None, help="KD proxy training steps per candidate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", type=int, default=None, help="Continue run RUN_ID from its last checkpoint.")
 @db_option
 @json_option
 def search(device, teacher, data, space_name, target_ms, constraint, reward, strategy, budget, batch, fmt,
-           threads, proxy_steps, seed, resume, db_path, as_json):
+           threads, min_time_s, proxy_steps, seed, resume, db_path, as_json):
     """Search for the student the teacher distils best into, under the latency target."""
     from akd_mobile.report import format_summary, search_progress
     from akd_mobile.search import SearchConfig, run_search
@@ -164,7 +166,7 @@ def search(device, teacher, data, space_name, target_ms, constraint, reward, str
     config = SearchConfig(
         device=device, teacher=teacher, data=data, space=space_name, target_ms=target_ms, constraint=constraint,
         reward=reward, strategy=strategy, budget=budget, batch=batch, fmt=fmt, threads=threads,
-        proxy_steps=proxy_steps, seed=seed,
+        min_time_s=min_time_s, proxy_steps=proxy_steps, seed=seed,
     )
     with search_progress(budget, quiet=as_json) as on_progress:
         summary = run_search(config, db_path, resume, on_progress)
@@ -218,26 +220,34 @@ def _stats_line(r: dict[str, Any]) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--min-time", "min_time_s", type=click.FloatRange(min=0, max=86400), default=None,
+              help="Least seconds of timed runs, in all: runs go on past --runs until then "
+                   "(default: the device profile's min_time_s, else 0).")
 @space_options
 @db_option
 @json_option
-def bench(model_or_arch, device_name, fmt, threads, warmup, runs, space_name, input_shape, classes, db_path, as_json):
+def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, space_name, input_shape, classes,
+          db_path, as_json):
     """Measure a .tflite/.pte file or an architecture on a device, store and print it."""
     from akd_mobile.latency import measure_arch, measure_file
-    from devices.profiles import open_device
+    from devices.local import check_min_time
+    from devices.profiles import load_profile, open_device
     from latency_db import open_db
 
     device = open_device(device_name)
+    if min_time_s is None:
+        min_time_s = load_profile(device_name).settings.get("min_time_s", 0.0)
+    min_time_s = check_min_time(min_time_s, "--min-time")
     is_file = model_or_arch.endswith((".tflite", ".pte")) or Path(model_or_arch).is_file()
     if is_file and fmt is not None and not model_or_arch.endswith(f".{fmt}"):
         raise click.UsageError(f"--format {fmt} does not match the file {model_or_arch}")
     arch = None if is_file else _space(space_name, input_shape, classes).decode(model_or_arch)
     with open_db(db_path) as db:
         if arch is None:
-            out = measure_file(Path(model_or_arch), device, db, threads, warmup, runs)
+            out = measure_file(Path(model_or_arch), device, db, threads, warmup, runs, min_time_s)
         else:
-            out = measure_arch(arch, device, db, fmt or "tflite", threads, warmup, runs)
-    d = {**out.to_dict(), "device": device.name}
+            out = measure_arch(arch, device, db, fmt or "tflite", threads, warmup, runs, min_time_s=min_time_s)
+    d = {**out.to_dict(), "device": device.name, "min_time_s": min_time_s}
     emit(d, as_json, f"{out.arch_key or Path(model_or_arch).name}  {out.fmt}  {device.name}  "
                      f"threads {threads}  {_stats_line(d)}")
 

@@ -84,11 +84,12 @@ def arch_latency(
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     weights: Path | None = None,
+    min_time_s: float = 0.0,
 ) -> LatencyOutcome:
     """Latency of `arch` on `device`: a database hit, else export, measure and record.
 
     The database is keyed by (arch key, format, device fingerprint, threads, runtime
-    version); weights, warm-up and run counts do not enter the key.
+    version); weights, warm-up, run counts and `min_time_s` do not enter the key.
 
     Raises:
         ExportError: the export fails or disagrees with PyTorch.
@@ -97,7 +98,7 @@ def arch_latency(
     stored = stored_latency(arch, device, db, fmt, threads)
     if stored is not None:
         return stored
-    return measure_arch(arch, device, db, fmt, threads, warmup, runs, weights)
+    return measure_arch(arch, device, db, fmt, threads, warmup, runs, weights, min_time_s)
 
 
 def stored_latency(arch: ArchSpec, device: Device, db: LatencyDB, fmt: str = "tflite",
@@ -120,6 +121,7 @@ def measure_arch(
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     weights: Path | None = None,
+    min_time_s: float = 0.0,
 ) -> LatencyOutcome:
     """Export `arch` (a cache lookup when already exported), measure it and record it."""
     from akd_mobile.export import export_model
@@ -127,12 +129,12 @@ def measure_arch(
     runtime = runtime_version(device.info(), fmt)
     exported = export_model(arch, fmt, weights=weights)
     artifact = Artifact(exported.sha256, fmt, exported.size_bytes, arch.to_json(), exported.converter_version)
-    return _measure(device, db, exported.path, artifact, arch.key, runtime, threads, warmup, runs,
+    return _measure(device, db, exported.path, artifact, arch.key, runtime, threads, warmup, runs, min_time_s,
                     exported.seconds)
 
 
 def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
-                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS) -> LatencyOutcome:
+                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, min_time_s: float = 0.0) -> LatencyOutcome:
     """Measure a `.tflite` or `.pte` file and record it (under the architecture key an
     earlier export of the same bytes recorded, if any)."""
     from akd_mobile.export import file_sha256
@@ -143,17 +145,18 @@ def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
     runtime = runtime_version(device.info(), fmt)
     sha = file_sha256(path)
     artifact = Artifact(sha, fmt, path.stat().st_size)
-    return _measure(device, db, path, artifact, db.arch_key_of(sha), runtime, threads, warmup, runs, 0.0)
+    return _measure(device, db, path, artifact, db.arch_key_of(sha), runtime, threads, warmup, runs, min_time_s, 0.0)
 
 
 def _measure(device: Device, db: LatencyDB, path: Path, artifact: Artifact, arch_key: str | None,
-             runtime: str, threads: int, warmup: int, runs: int, export_s: float) -> LatencyOutcome:
+             runtime: str, threads: int, warmup: int, runs: int, min_time_s: float,
+             export_s: float) -> LatencyOutcome:
     info = device.info()
     start = time.perf_counter()
-    result = device.measure(path, threads, warmup, runs)
+    result = device.measure(path, threads, warmup, runs, min_time_s)
     measure_s = time.perf_counter() - start
     conditions = getattr(device, "last_conditions", None)  # adb devices: thermal state, CPU mask, ...
-    db.record(info, result, fmt=artifact.fmt, threads=threads, warmup=warmup, runs=runs,
+    db.record(info, result, fmt=artifact.fmt, threads=threads, warmup=warmup, runs=runs, min_time_s=min_time_s,
               runtime_version=runtime, arch_key=arch_key, artifact=artifact, device_name=device.name,
               thermal=conditions.to_json() if conditions is not None else None)
     log.info("%s %s on %s: median %.3f ms", arch_key or path.name, artifact.fmt, device.name, result.median_ms)

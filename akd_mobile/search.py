@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -58,6 +59,8 @@ class SearchConfig:
         threads: inference threads; None takes the profile's (default 1).
         warmup: untimed runs before timing; None takes the profile's (default 5).
         runs: timed runs; None takes the profile's (default 30).
+        min_time_s: least seconds of timed runs per measurement; None takes the profile's
+            (default 0).
         proxy_steps: KD proxy training steps; None keeps `ProxyBudget`'s default.
         seed: seeds the strategy and every proxy training.
     """
@@ -76,6 +79,7 @@ class SearchConfig:
     threads: int | None = None
     warmup: int | None = None
     runs: int | None = None
+    min_time_s: float | None = None
     proxy_steps: int | None = None
     seed: int = 0
 
@@ -92,6 +96,8 @@ class SearchConfig:
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (self.runs is None or self.runs >= 1, f"--runs must be at least 1, got {self.runs}"),
             (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}"),
+            (self.min_time_s is None or 0 <= self.min_time_s < math.inf,
+             f"--min-time must be a number of seconds >= 0, got {self.min_time_s}"),
             (self.proxy_steps is None or self.proxy_steps >= 1, f"--proxy-steps must be at least 1, got {self.proxy_steps}"),
         ]
         for ok, message in checks:
@@ -238,7 +244,7 @@ class Evaluator:
             cfg = self.config
             lat = arch_latency(
                 arch, self.device, self.db, fmt=cfg.fmt, threads=cfg.threads,  # type: ignore[arg-type]
-                warmup=cfg.warmup, runs=cfg.runs,  # type: ignore[arg-type]
+                warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s or 0.0,  # type: ignore[arg-type]
             )
             export_s, measure_s = waited_s + lat.export_s, lat.measure_s
             score = proxy_score(
@@ -262,10 +268,12 @@ class Evaluator:
 
 
 def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
-    """The config with threads, warm-up, runs and the latency target filled in: the
-    config's own values, else the device profile's, else 1 thread, 5 warm-up, 30 runs."""
-    from devices.profiles import load_profile
+    """The config with threads, warm-up, runs, minimum time and the latency target filled in: the
+    config's own values, else the device profile's, else 1 thread, 5 warm-up, 30 runs and
+    no minimum time. The profile is checked first (DeviceError for bad settings)."""
+    from devices.profiles import load_profile, open_device
 
+    open_device(config.device)
     profile = load_profile(config.device)
     settings = profile.settings
     target = config.target_ms or profile.target_ms
@@ -277,6 +285,7 @@ def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
         threads=config.threads or int(settings.get("threads", 1)),
         warmup=config.warmup if config.warmup is not None else int(settings.get("warmup", 5)),
         runs=config.runs or int(settings.get("runs", 30)),
+        min_time_s=config.min_time_s if config.min_time_s is not None else float(settings.get("min_time_s", 0.0)),
     )
 
 

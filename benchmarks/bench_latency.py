@@ -1,10 +1,10 @@
 """Repeatability and overhead of `bench` on the local device, and export times.
 
-    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50] [--drift-s 60]
+    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50] [--min-times 0,3,20] [--drift-s 60]
 
-1. Repeatability: `akd-mobile bench MODEL --json` on the same model, `--repeats` times per
-   format, with one child process per measurement and with the local profile's
-   `processes`; the coefficient of variation of the medians (target <= 3%).
+1. Repeatability: `akd-mobile bench MODEL --min-time T --json` on the same model, `--repeats`
+   times back to back, for a mnasnet-small and a mnasnet-imagenet candidate in each format
+   and each T of `--min-times`; the coefficient of variation of the medians (target <= 3%).
 2. Harness overhead: our measurement (`LocalDevice.measure`, per-run timing in child
    processes) against the runtime's own loop (the interpreter's `invoke()`, or ExecuTorch's
    `execute()`, timed back to back, total / count), both spread over the profile's
@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -51,26 +50,24 @@ def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
     return json.loads(proc.stdout), wall
 
 
-def repeatability(models: dict[str, Path], repeats: int, runs: int, env: dict[str, str], folder: Path) -> list[dict]:
-    """`bench` `repeats` times per format, with one child process per measurement and with the
-    local profile's `processes` (a copy of the profile that differs only there)."""
-    from devices.profiles import load_profile
-
-    local = load_profile("local")
+def repeatability(models: dict[tuple[str, str], Path], repeats: int, runs: int, min_times: list[float],
+                  env: dict[str, str]) -> list[dict]:
+    """`bench --min-time T` `repeats` times back to back per model, format and T, on the local
+    profile (its `processes`)."""
     rows = []
-    for processes in sorted({1, local.settings.get("processes", 1)}):
-        profile = folder / f"local-{processes}.toml"
-        profile.write_text(re.sub(r"(?m)^processes\s*=.*\n", "", local.path.read_text()) + f"processes = {processes}\n")
-        for fmt, path in models.items():
-            medians, minima, walls = [], [], []
+    for (space, fmt), path in models.items():
+        for min_time in min_times:
+            medians, minima, walls, counts = [], [], [], []
             for _ in range(repeats):
-                d, wall = _cli("bench", str(path), "--device", str(profile), "--runs", str(runs),
-                               "--warmup", str(WARMUP), env=env)
+                d, wall = _cli("bench", str(path), "--runs", str(runs), "--warmup", str(WARMUP),
+                               "--min-time", f"{min_time:g}", env=env)
                 medians.append(d["median_ms"])
                 minima.append(d["min_ms"])
                 walls.append(wall)
-            rows.append({"format": fmt, "processes": processes, "medians_ms": medians, "cv_pct": _cv(medians),
-                         "min_cv_pct": _cv(minima), "bench_wall_s": statistics.median(walls)})
+                counts.append(d["count"])
+            rows.append({"space": space, "format": fmt, "min_time_s": min_time, "medians_ms": medians,
+                         "cv_pct": _cv(medians), "min_cv_pct": _cv(minima), "runs": statistics.median(counts),
+                         "bench_wall_s": statistics.median(walls)})
     return rows
 
 
@@ -204,10 +201,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--min-times", default="0,3,20", help="comma-separated bench --min-time values (s)")
     parser.add_argument("--drift-s", type=float, default=60.0, help="seconds of the host drift check")
     parser.add_argument("--runtime-loop", type=Path, help="internal: print the runtime loop's mean ms of this model")
     parser.add_argument("--via", choices=("extension", "runtime"), default="extension", help="internal: see _runtime_loop")
     args = parser.parse_args()
+    min_times = [float(t) for t in args.min_times.split(",")]
     if args.runtime_loop:
         print(_runtime_loop(args.runtime_loop, args.runs, args.via))
         return
@@ -216,6 +215,7 @@ def main() -> None:
     from akd_mobile.space import get_space
     from devices.profiles import load_profile
 
+    processes = load_profile("local").settings.get("processes", 1)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="akd-bench-") as tmp:
         env = {**os.environ, "AKD_CACHE_DIR": f"{tmp}/cache", "AKD_DB": f"{tmp}/latency.sqlite"}
@@ -223,15 +223,18 @@ def main() -> None:
         big = get_space("mnasnet-imagenet").sample(random.Random(0))
         small = get_space("mnasnet-small").sample(random.Random(0))
         models = {fmt: export_model(big, fmt).path for fmt in ("tflite", "pte")}
-        rep = repeatability(models, args.repeats, args.runs, env, Path(tmp))
+        small_models = {fmt: export_model(small, fmt).path for fmt in ("tflite", "pte")}
+        both = {**{("mnasnet-small", f): p for f, p in small_models.items()},
+                **{("mnasnet-imagenet", f): p for f, p in models.items()}}
+        rep = repeatability(both, args.repeats, args.runs, min_times, env)
         drift = host_drift(models["tflite"], args.drift_s)
-        over = overhead(models, args.repeats, args.runs, load_profile("local").settings.get("processes", 1))
+        over = overhead(models, args.repeats, args.runs, processes)
         env["AKD_CACHE_DIR"] = f"{tmp}/cache-exports"
         exp = export_times({"mnasnet-small": small.canonical, "mnasnet-imagenet": big.canonical}, env)
     load_after = os.getloadavg()
 
     cmd = (f".venv/bin/python benchmarks/bench_latency.py --repeats {args.repeats} --runs {args.runs} "
-           f"--drift-s {args.drift_s:g}")
+           f"--min-times {args.min_times} --drift-s {args.drift_s:g}")
     lines = [
         START,
         f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
@@ -239,19 +242,22 @@ def main() -> None:
         f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (the benchmark itself keeps one "
         "core busy).",
         "",
-        f"Model: the mnasnet-imagenet candidate `{big.key}` (random.Random(0) sample), 1 thread, "
-        f"{WARMUP} warm-up and {args.runs} timed runs.",
+        f"Models: the `random.Random(0)` samples of mnasnet-small (`{small.key}`, the default search's space) "
+        f"and of mnasnet-imagenet (`{big.key}`), 1 thread, {WARMUP} warm-up and at least {args.runs} timed runs, "
+        f"on the local profile ({processes} processes per measurement).",
         "",
         f"**The host's own drift** - single `invoke()`s of the `.tflite` model back to back in one process for "
         f"{drift['seconds']:g} s: the medians of consecutive {drift['window_s']:g}-second windows are "
-        f"{', '.join(f'{m:.1f}' for m in drift['medians_ms'])} ms, a CV of {drift['cv_pct']:.1f}%. No harness "
-        "can measure more steadily than the host runs.",
+        f"{', '.join(f'{m:.1f}' for m in drift['medians_ms'])} ms (mnasnet-imagenet), a CV of "
+        f"{drift['cv_pct']:.1f}%. No harness can measure more steadily than the host runs.",
         "",
-        f"**Repeatability** - `akd-mobile bench MODEL --runs {args.runs}` {args.repeats} times (target CV <= 3%):",
+        f"**Repeatability** - `akd-mobile bench MODEL --runs {args.runs} --min-time T` {args.repeats} times back "
+        "to back (target CV <= 3%):",
         "",
-        "| format | processes per measurement | medians (ms) | CV of the medians | CV of the minima | wall time of one `bench` |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| {r['format']} | {r['processes']} | {', '.join(f'{m:.2f}' for m in r['medians_ms'])} | {r['cv_pct']:.1f}% | "
+        "| space | format | T (s) | timed runs | medians (ms) | CV of the medians | CV of the minima | wall time of one `bench` |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {r['space']} | {r['format']} | {r['min_time_s']:g} | {r['runs']:.0f} | "
+          f"{', '.join(f'{m:.3f}' if m < 10 else f'{m:.2f}' for m in r['medians_ms'])} | {r['cv_pct']:.1f}% | "
           f"{r['min_cv_pct']:.1f}% | {r['bench_wall_s']:.1f} s |" for r in rep),
         "",
         "**Harness overhead** - `LocalDevice.measure` (child processes, per-run timer) against the runtime's "

@@ -15,6 +15,7 @@ key = ""                          # private key; default ~/.android/adbkey, else
 threads = 1                       # defaults for `devices check` (bench passes its own)
 runs = 50
 warmup = 10
+min_time_s = 1.0                  # timed runs go on until they have taken this long in all
 cpu_mask = "auto"                 # hex mask, "auto" (cores of the fastest cpufreq policy) or "none"
 thermal_limit_c = 45.0            # wait while a thermal zone is hotter ...
 thermal_wait_s = 120              # ... at most this long, then measure and record it
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ from typing import Any, TypeVar
 
 from akd_mobile.errors import DeviceError, ParseError
 from devices.base import RUNTIME_OF_FORMAT, DeviceInfo, LatencyResult
+from devices.local import check_min_time
 from devices.parsers import (
     TOOL_PARSERS,
     CpuPolicy,
@@ -115,6 +118,7 @@ class AdbSettings:
     threads: int = 1
     runs: int = 50
     warmup: int = 10
+    min_time_s: float = 1.0
     cpu_mask: str = "auto"
     thermal_limit_c: float = 45.0
     thermal_wait_s: float = 120.0
@@ -155,6 +159,7 @@ class AdbSettings:
         if not settings.remote_dir.startswith("/") or any(c in settings.remote_dir for c in " '\"$`\\"):
             raise DeviceError(f"{where}: remote_dir must be a plain absolute path")
         _cpu_mask_value(settings.cpu_mask, where)
+        check_min_time(settings.min_time_s, f"{where}: min_time_s")
         return settings
 
 
@@ -576,10 +581,14 @@ class AdbDevice:
 
     # ------------------------------------------------------------ measurement
 
-    def measure(self, artifact: Path, threads: int, warmup: int, runs: int) -> LatencyResult:
-        """Time `runs` inferences of a `.tflite` or `.pte` file after `warmup`, on the device.
+    def measure(self, artifact: Path, threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> LatencyResult:
+        """Time at least `runs` inferences of a `.tflite` or `.pte` file after `warmup`, and
+        at least `min_time_s` of timed runs, on the device.
 
-        The conditions (thermal state, CPU mask, tool checksum) are left in `last_conditions`.
+        `benchmark_model` takes `--min_secs`; `executor_runner` has no such flag, so when its
+        runs took less than `min_time_s` it runs again with the count the first pass implies,
+        and the second pass is the measurement. The conditions (thermal state, CPU mask, tool
+        checksum) are left in `last_conditions`.
 
         Raises:
             DeviceError: a bad file or counts, a tool not set up, a device failure after the
@@ -589,13 +598,24 @@ class AdbDevice:
         from devices.local import check_artifact, check_counts
 
         artifact = check_artifact(artifact)
-        check_counts(threads, warmup, runs)
+        check_counts(threads, warmup, runs, min_time_s)
         fmt = FORMATS[artifact.suffix]
         tool = self._tool(fmt)
         sha = file_sha256(artifact)
         remote = f"{self.settings.remote_dir}/{sha[:16]}{artifact.suffix}"
-        timeout = self.settings.run_timeout_s + self.settings.per_run_timeout_s * (warmup + runs)
         self.last_conditions = None
+
+        def run_tool(tool_remote: str, mask: int | None, timed: int) -> LatencyResult:
+            argv = self._tool_argv(tool, tool_remote, remote, threads, warmup, timed, min_time_s)
+            if mask is not None:
+                argv = ["taskset", f"{mask:x}", *argv]
+            command = f"cd {shlex.quote(self.settings.remote_dir)} && {shlex.join(argv)} 2>&1"
+            timeout = self.settings.run_timeout_s + self.settings.per_run_timeout_s * (warmup + timed) + min_time_s
+            rc, out = self._shell(command, timeout)
+            try:
+                return parse_tool_output(tool.kind, out, skip_first=warmup if tool.kind == "executor_runner" else 0)
+            except ParseError as exc:
+                raise ParseError(f"{tool.kind} on {self.name} exited with status {rc}: {exc}") from None
 
         def attempt(number: int) -> tuple[LatencyResult, Conditions]:
             tool_remote, tool_sha = self._verified_tool(tool)
@@ -603,17 +623,11 @@ class AdbDevice:
             mask = self.cpu_mask()
             self._ensure_file(artifact, remote, sha)
             try:
-                argv = self._tool_argv(tool, tool_remote, remote, threads, warmup, runs)
-                if mask is not None:
-                    argv = ["taskset", f"{mask:x}", *argv]
-                command = f"cd {shlex.quote(self.settings.remote_dir)} && {shlex.join(argv)} 2>&1"
-                rc, out = self._shell(command, timeout)
+                result = run_tool(tool_remote, mask, runs)
+                if tool.kind == "executor_runner" and result.count * result.mean_ms < min_time_s * 1e3:
+                    result = run_tool(tool_remote, mask, math.ceil(min_time_s * 1e3 / result.mean_ms))
             finally:
                 self._remove(remote)
-            try:
-                result = parse_tool_output(tool.kind, out, skip_first=warmup if tool.kind == "executor_runner" else 0)
-            except ParseError as exc:
-                raise ParseError(f"{tool.kind} on {self.name} exited with status {rc}: {exc}") from None
             conditions = Conditions(hottest, round(waited, 3), over, f"{mask:x}" if mask else "", tool_sha, number)
             return result, conditions
 
@@ -622,11 +636,13 @@ class AdbDevice:
         return result
 
     @staticmethod
-    def _tool_argv(tool: ToolSpec, tool_remote: str, model: str, threads: int, warmup: int, runs: int) -> list[str]:
+    def _tool_argv(tool: ToolSpec, tool_remote: str, model: str, threads: int, warmup: int, runs: int,
+                   min_time_s: float) -> list[str]:
         threads_arg = [f"{tool.threads_flag}={threads}"] if tool.threads_flag else []
         if tool.kind == "executor_runner":
             return [tool_remote, f"--model_path={model}", f"--num_executions={warmup + runs}", *threads_arg]
-        return [tool_remote, f"--graph={model}", *threads_arg, f"--num_runs={runs}", f"--warmup_runs={warmup}"]
+        return [tool_remote, f"--graph={model}", *threads_arg, f"--num_runs={runs}", f"--warmup_runs={warmup}",
+                f"--min_secs={min_time_s:g}"]
 
     def _remove(self, remote: str) -> None:
         """Best-effort removal of a pushed model (a dropped connection leaves it for next time)."""

@@ -129,6 +129,8 @@ class Device(Protocol):
         """Describe the device; its fingerprint keys the latency database."""
         ...
 
-    def measure(self, artifact: Path, threads: int, warmup: int, runs: int) -> LatencyResult:
-        """Time `runs` inferences of `artifact` after `warmup` untimed ones."""
+    def measure(self, artifact: Path, threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> LatencyResult:
+        """Time at least `runs` inferences of `artifact` after `warmup` untimed ones, and go on
+        until the timed ones have taken `min_time_s` in all (LiteRT `benchmark_model`'s
+        `--num_runs` and `--min_secs`)."""
         ...

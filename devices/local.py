@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -58,9 +59,11 @@ class LocalDevice:
     @classmethod
     def from_profile(cls, profile: Any) -> LocalDevice:
         """Open the device a `local` profile describes (settings: `timeout_s`, `processes`;
-        `threads`, `runs` and `warmup` are the measurement defaults a search on this device uses)."""
+        `threads`, `runs`, `warmup` and `min_time_s` are the measurement defaults of a search
+        and of `bench` on this device)."""
         settings = dict(profile.settings)
         timeout_s = settings.pop("timeout_s", 300.0)
+        check_min_time(settings.pop("min_time_s", 0.0), f"device profile {profile.path}: min_time_s")
         counts = {"threads": 1, "runs": 1, "warmup": 0, "processes": 1}  # each setting's least value
         values = {key: settings.pop(key, least) for key, least in counts.items()}
         for key, value in values.items():
@@ -90,28 +93,31 @@ class LocalDevice:
             extra={"os": platform.platform(), "python": platform.python_version()},
         )
 
-    def measure(self, artifact: Path, threads: int = 1, warmup: int = 10, runs: int = 50) -> LatencyResult:
-        """Time `runs` inferences of a `.tflite` or `.pte` file, split over `processes` child
-        processes that each run `warmup` untimed inferences first; the samples are pooled.
+    def measure(self, artifact: Path, threads: int = 1, warmup: int = 10, runs: int = 50,
+                min_time_s: float = 0.0) -> LatencyResult:
+        """Time at least `runs` inferences of a `.tflite` or `.pte` file, and at least
+        `min_time_s` of timed runs, split over `processes` child processes that each run
+        `warmup` untimed inferences first; the samples are pooled.
 
         Raises:
             DeviceError: a missing, empty or unsupported file, bad counts, a runtime that
                 rejects the model, crashes, or runs past `timeout_s`.
         """
         artifact = check_artifact(artifact)
-        check_counts(threads, warmup, runs)
+        check_counts(threads, warmup, runs, min_time_s)
+        shares = _shares(runs, self.processes)
         samples: list[float] = []
-        for share in _shares(runs, self.processes):
-            samples += self._run_child(artifact, threads, warmup, share)
+        for share in shares:
+            samples += self._run_child(artifact, threads, warmup, share, min_time_s / len(shares))
         return LatencyResult.from_samples(samples)
 
-    def _run_child(self, artifact: Path, threads: int, warmup: int, runs: int) -> list[float]:
+    def _run_child(self, artifact: Path, threads: int, warmup: int, runs: int, min_time_s: float) -> list[float]:
         """The per-run latencies (ms) one child process measures."""
         with tempfile.TemporaryDirectory(prefix="akd-measure-") as tmp:
             out = Path(tmp) / "result.json"
             # -P and an explicit PYTHONPATH: this `devices` package, never one in the caller's cwd.
             cmd = [sys.executable, "-P", "-m", "devices.local_runner", str(artifact), str(threads), str(warmup),
-                   str(runs), str(out)]
+                   str(runs), repr(float(min_time_s)), str(out)]
             path = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
@@ -119,7 +125,7 @@ class LocalDevice:
             except subprocess.TimeoutExpired:
                 raise DeviceError(
                     f"measuring {artifact.name} on {self.name} took over {self.timeout_s:g} s and was "
-                    "stopped; use fewer runs or raise timeout_s in the device profile"
+                    "stopped; use fewer runs, a shorter min_time_s, or raise timeout_s in the device profile"
                 ) from None
             result = _read_result(out)
         if "error" in result:
@@ -158,10 +164,18 @@ def check_artifact(artifact: Path) -> Path:
     return artifact
 
 
-def check_counts(threads: int, warmup: int, runs: int) -> None:
-    """DeviceError unless threads >= 1, warmup >= 0 and runs >= 1."""
+def check_counts(threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> None:
+    """DeviceError unless threads >= 1, warmup >= 0, runs >= 1 and min_time_s >= 0."""
     if threads < 1 or warmup < 0 or runs < 1:
         raise DeviceError(f"need threads >= 1, warmup >= 0, runs >= 1; got {threads}, {warmup}, {runs}")
+    check_min_time(min_time_s, "min_time_s")
+
+
+def check_min_time(value: Any, what: str) -> float:
+    """`value` as seconds if it is a finite number >= 0, else DeviceError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise DeviceError(f"{what} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def _read_result(path: Path) -> dict[str, Any]:

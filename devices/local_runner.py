@@ -1,10 +1,11 @@
 """The child process of the local backend: time one model file in its runtime.
 
-    python -m devices.local_runner MODEL THREADS WARMUP RUNS RESULT_JSON
+    python -m devices.local_runner MODEL THREADS WARMUP RUNS MIN_TIME_S RESULT_JSON
 
 It loads `.tflite` files in the ai-edge-litert interpreter (XNNPACK delegate, `num_threads`)
 and `.pte` files in the ExecuTorch runtime (XNNPACK threadpool reset to THREADS), feeds a
-fixed random input, runs WARMUP untimed and RUNS timed inferences, and writes
+fixed random input, runs WARMUP untimed inferences, then timed ones until there are at least
+RUNS of them and they have taken at least MIN_TIME_S seconds in all, and writes
 `{"samples_ms": [...]}` or `{"error": "..."}` to RESULT_JSON. Exit status 0 or 3.
 Running in its own process keeps one model's crash, hang or state away from the next.
 """
@@ -21,20 +22,26 @@ from pathlib import Path
 _FLOAT = 6  # ExecuTorch ScalarType::Float
 
 
-def time_model(path: Path, threads: int, warmup: int, runs: int) -> list[float]:
-    """Per-run latencies in ms of `runs` inferences after `warmup` untimed ones."""
+def time_model(path: Path, threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> tuple[list[float], list[float]]:
+    """Latencies in ms of `warmup` warm-up inferences, then of the timed ones: at least `runs`,
+    continued until they add up to `min_time_s`."""
     invoke = _tflite(path, threads) if path.suffix == ".tflite" else _pte(path, threads)
-    for _ in range(warmup):
-        invoke()
-    samples = []
+    warm = [_timed(invoke) for _ in range(warmup)]
+    samples: list[float] = []
     gc.collect()
     gc.disable()  # no collector pauses inside the timed runs (this process does nothing else)
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        invoke()
-        samples.append((time.perf_counter_ns() - start) / 1e6)
+    total_ms, min_ms = 0.0, min_time_s * 1e3
+    while len(samples) < runs or total_ms < min_ms:
+        samples.append(_timed(invoke))
+        total_ms += samples[-1]
     gc.enable()
-    return samples
+    return warm, samples
+
+
+def _timed(invoke: Callable[[], object]) -> float:
+    start = time.perf_counter_ns()
+    invoke()
+    return (time.perf_counter_ns() - start) / 1e6
 
 
 def _tflite(path: Path, threads: int) -> Callable[[], None]:
@@ -76,9 +83,10 @@ def _pte(path: Path, threads: int) -> Callable[[], None]:
 
 def main(argv: list[str]) -> int:
     """Entry point; see the module docstring."""
-    model, threads, warmup, runs, out = argv
+    model, threads, warmup, runs, min_time_s, out = argv
     try:
-        result = {"samples_ms": time_model(Path(model), int(threads), int(warmup), int(runs))}
+        _, samples = time_model(Path(model), int(threads), int(warmup), int(runs), float(min_time_s))
+        result = {"samples_ms": samples}
         status = 0
     except Exception as exc:  # any runtime failure becomes one line for the parent
         text = " ".join(str(exc).split()) or type(exc).__name__

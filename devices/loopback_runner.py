@@ -1,6 +1,6 @@
 """The loopback device's benchmark tool: LiteRT `benchmark_model`'s flags in, its summary lines out.
 
-    akd-loopback-runner --graph=MODEL --num_threads=N --num_runs=R --warmup_runs=W
+    akd-loopback-runner --graph=MODEL --num_threads=N --num_runs=R --warmup_runs=W --min_secs=S
 
 It times `.tflite` and `.pte` files with this host's runtimes (the `local` backend's
 `devices.local_runner.time_model`) and prints the lines LiteRT's `benchmark_model` prints
@@ -59,26 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_threads", type=int, default=1)
     parser.add_argument("--num_runs", type=int, default=50)
     parser.add_argument("--warmup_runs", type=int, default=1)
+    parser.add_argument("--min_secs", type=float, default=1.0)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         print(f"WARNING: Unconsumed cmdline flags: {' '.join(unknown)}", flush=True)
     graph = Path(args.graph)
     print(f"INFO: Graph: [{graph}]\nINFO: Num threads: [{args.num_threads}]\nINFO: Num runs: [{args.num_runs}]", flush=True)
-    if args.num_runs < 1 or args.warmup_runs < 0 or args.num_threads < 1:
-        print("ERROR: need --num_runs >= 1, --warmup_runs >= 0, --num_threads >= 1", flush=True)
+    if args.num_runs < 1 or args.warmup_runs < 0 or args.num_threads < 1 or not 0 <= args.min_secs < float("inf"):
+        print("ERROR: need --num_runs >= 1, --warmup_runs >= 0, --num_threads >= 1, --min_secs >= 0", flush=True)
         return 1
     if graph.suffix not in (".tflite", ".pte") or not graph.is_file():
         print(f"ERROR: Could not open '{graph}': not a .tflite or .pte file.", flush=True)
         return 1
     start = time.perf_counter()
     try:
-        # time_model loads the model once; the first `warmup_runs` samples are the warm-up.
-        samples = time_model(graph, args.num_threads, 0, args.warmup_runs + args.num_runs)
+        warm, timed = time_model(graph, args.num_threads, args.warmup_runs, args.num_runs, args.min_secs)
     except Exception as exc:  # the runtime's own message is what the user needs to see
         print(f"ERROR: {type(exc).__name__}: {' '.join(str(exc).split())}", flush=True)
         return 1
-    init_ms = max(0.0, (time.perf_counter() - start) * 1e3 - sum(samples))
-    warm, timed = samples[: args.warmup_runs], samples[args.warmup_runs :]
+    init_ms = max(0.0, (time.perf_counter() - start) * 1e3 - sum(warm) - sum(timed))
     print("\n".join(summary_lines(init_ms, warm, timed)), flush=True)
     return 0
 

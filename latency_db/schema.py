@@ -102,9 +102,16 @@ CREATE TABLE candidates (
 CREATE INDEX candidates_by_run ON candidates (run_id, status);
 """
 
+V3_MIN_TIME = """
+-- the minimum span of timed runs a measurement asked for (benchmark_model's --min_secs);
+-- NULL in rows measured before it was recorded
+ALTER TABLE measurements ADD COLUMN min_time_s REAL CHECK (min_time_s >= 0);
+"""
+
 MIGRATIONS: list[str] = [
     V1_LATENCY,
     V2_SEARCH_RUNS,
+    V3_MIN_TIME,
 ]
 
 

@@ -70,6 +70,7 @@ class Measurement:
     threads: int
     warmup: int
     runs: int
+    min_time_s: float | None
     thermal: str | None
     measured_at: str
     result: LatencyResult
@@ -196,6 +197,7 @@ class LatencyDB:
         warmup: int,
         runs: int,
         runtime_version: str,
+        min_time_s: float | None = None,
         arch_key: str | None = None,
         artifact: Artifact | None = None,
         device_name: str | None = None,
@@ -223,12 +225,12 @@ class LatencyDB:
                 )
             cur = conn.execute(
                 "INSERT INTO measurements (uid, arch_key, format, device_fingerprint, artifact_sha256, "
-                "runtime_version, converter_version, threads, warmup, runs, median_ms, mean_ms, std_ms, min_ms, "
-                "max_ms, p90_ms, samples_json, thermal, measured_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "runtime_version, converter_version, threads, warmup, runs, min_time_s, median_ms, mean_ms, std_ms, "
+                "min_ms, max_ms, p90_ms, samples_json, thermal, measured_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (uuid.uuid4().hex, arch_key, fmt, device.fingerprint, artifact.sha256 if artifact else None,
                  runtime_version, artifact.converter_version if artifact else None, threads, warmup, runs,
-                 result.median_ms, result.mean_ms, result.std_ms, result.min_ms, result.max_ms, result.p90_ms,
+                 min_time_s, result.median_ms, result.mean_ms, result.std_ms, result.min_ms, result.max_ms, result.p90_ms,
                  json.dumps(list(result.samples_ms)), thermal, now),
             )
             return int(cur.lastrowid)
@@ -336,15 +338,16 @@ def _upsert_device(conn: sqlite3.Connection, info: DeviceInfo, name: str, now: s
 
 
 def _result(row: sqlite3.Row) -> LatencyResult:
+    samples = tuple(json.loads(row["samples_json"]))
     return LatencyResult(
-        count=int(row["runs"]),
+        count=len(samples) or int(row["runs"]),  # more than `runs` under min_time_s
         median_ms=row["median_ms"],
         mean_ms=row["mean_ms"],
         std_ms=row["std_ms"],
         min_ms=row["min_ms"],
         max_ms=row["max_ms"],
         p90_ms=row["p90_ms"],
-        samples_ms=tuple(json.loads(row["samples_json"])),
+        samples_ms=samples,
     )
 
 
@@ -362,6 +365,7 @@ def _measurement(row: sqlite3.Row) -> Measurement:
         threads=row["threads"],
         warmup=row["warmup"],
         runs=row["runs"],
+        min_time_s=row["min_time_s"],
         thermal=row["thermal"],
         measured_at=row["measured_at"],
         result=_result(row),

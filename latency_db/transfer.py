@@ -45,6 +45,7 @@ COLUMNS: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "threads": (_INT, True),
     "warmup": (_INT, True),
     "runs": (_INT, True),
+    "min_time_s": (_FLOAT, False),
     "median_ms": (_FLOAT, True),
     "mean_ms": (_FLOAT, True),
     "std_ms": (_FLOAT, True),
@@ -61,7 +62,7 @@ SELECT m.uid, m.arch_key, m.format, m.device_fingerprint, d.name AS device_name,
        d.backend AS device_backend, d.model AS device_model, d.soc AS device_soc,
        d.abi AS device_abi, d.cores AS device_cores, d.info_json AS device_info,
        m.artifact_sha256, a.size_bytes AS artifact_size_bytes, a.arch_json AS artifact_arch,
-       m.runtime_version, m.converter_version, m.threads, m.warmup, m.runs, m.median_ms,
+       m.runtime_version, m.converter_version, m.threads, m.warmup, m.runs, m.min_time_s, m.median_ms,
        m.mean_ms, m.std_ms, m.min_ms, m.max_ms, m.p90_ms, m.samples_json AS samples_ms,
        m.thermal, m.measured_at
 FROM measurements m
@@ -139,11 +140,12 @@ def _merge(db: LatencyDB, clean: list[dict[str, Any]]) -> int:
             known = sha is not None and conn.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()
             cur = conn.execute(
                 "INSERT OR IGNORE INTO measurements (uid, arch_key, format, device_fingerprint, artifact_sha256, "
-                "runtime_version, converter_version, threads, warmup, runs, median_ms, mean_ms, std_ms, min_ms, "
-                "max_ms, p90_ms, samples_json, thermal, measured_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "runtime_version, converter_version, threads, warmup, runs, min_time_s, median_ms, mean_ms, std_ms, "
+                "min_ms, max_ms, p90_ms, samples_json, thermal, measured_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (r["uid"], r["arch_key"], r["format"], r["device_fingerprint"], sha if known else None,
-                 r["runtime_version"], r["converter_version"], r["threads"], r["warmup"], r["runs"], r["median_ms"],
+                 r["runtime_version"], r["converter_version"], r["threads"], r["warmup"], r["runs"], r["min_time_s"],
+                 r["median_ms"],
                  r["mean_ms"], r["std_ms"], r["min_ms"], r["max_ms"], r["p90_ms"], r["samples_ms"], r["thermal"],
                  r["measured_at"]),
             )
@@ -160,7 +162,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
         raise DatabaseError(f"cannot read {path}: {exc}") from None
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
-        missing = set(COLUMNS) - set(rows[0]) if rows else set()
+        missing = {name for name, (_, required) in COLUMNS.items() if required} - set(rows[0]) if rows else set()
         if missing:
             raise DatabaseError(f"{path} is not a latency export: missing column(s) {', '.join(sorted(missing))}")
         return rows
@@ -195,6 +197,8 @@ def _clean(row: Any, line: int) -> dict[str, Any]:
             raise DatabaseError(f"row {line} of the import: {name} is not a finite number")
     if out["format"] not in FORMATS:
         raise DatabaseError(f"row {line} of the import: unknown format {out['format']!r}")
+    if out["min_time_s"] is not None and out["min_time_s"] < 0:
+        raise DatabaseError(f"row {line} of the import: min_time_s is negative")
     try:
         samples = json.loads(out["samples_ms"])
     except json.JSONDecodeError:

@@ -48,20 +48,29 @@ def test_runtime_version_names_the_runtime():
 
 
 def test_bench_arch_and_file_store_and_print(tmp_path):
+    from devices.profiles import load_profile
+
     db = tmp_path / "b.sqlite"
     r = run("bench", SMALL.canonical, "--format", "pte", "--runs", 5, "--warmup", 1, "--db", db, "--json")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
-    assert (d["arch_key"], d["format"], d["device"], d["count"], d["cached"]) == (SMALL.key, "pte", "local", 5, False)
+    assert (d["arch_key"], d["format"], d["device"], d["cached"]) == (SMALL.key, "pte", "local", False)
     assert 0 < d["min_ms"] <= d["median_ms"] <= d["max_ms"]
+    # the profile's minimum time applies: the tiny model ran well past its 5 runs
+    profile_min = load_profile("local").settings["min_time_s"]
+    assert profile_min > 0 and d["min_time_s"] == profile_min
+    assert d["count"] > 5 and sum(d["samples_ms"]) >= profile_min * 1e3
     model = export_model(SMALL, "pte").path  # a cache lookup: bench exported it
-    r = run("bench", model, "--runs", 5, "--warmup", 1, "--db", db, "--json")
+    r = run("bench", model, "--runs", 5, "--warmup", 1, "--min-time", 0, "--db", db, "--json")
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["arch_key"] == SMALL.key  # known from the earlier export's bytes
-    text = run("bench", model, "--runs", 3, "--warmup", 0, "--db", db)
+    d = json.loads(r.stdout)
+    assert d["arch_key"] == SMALL.key and d["count"] == 5  # arch known from the earlier export's bytes
+    text = run("bench", model, "--runs", 3, "--warmup", 0, "--min-time", 0.2, "--db", db)
     assert text.exit_code == 0 and text.stdout.startswith(f"{SMALL.key}  pte  local  threads 1  median ")
     rows = json.loads(run("latency", "query", "--db", db, "--format", "pte", "--json").stdout)
     assert len(rows) == 3 and {row["arch_key"] for row in rows} == {SMALL.key}
+    assert sorted(row["min_time_s"] for row in rows) == sorted([profile_min, 0.0, 0.2])
+    assert all(row["count"] == len(row["samples_ms"]) > 0 for row in rows)
 
 
 def test_export_command(tmp_path):
@@ -116,6 +125,8 @@ def test_latency_commands(tmp_path):
         (["bench", "x", "--device", "pixel9"], "unknown device 'pixel9'; known: .*local"),
         (["bench", "x", "--format", "onnx"], "Invalid value for '--format'"),
         (["bench", "x", "--runs", "0"], "Invalid value for '--runs'"),
+        (["bench", "x", "--min-time", "-1"], "Invalid value for '--min-time'"),
+        (["bench", "x", "--min-time", "nan"], "--min-time must be a number of seconds >= 0, got nan"),
         (["export", "mb6", "--format", "tflite", "--out", "m.tflite"], "blocks joined by"),
         (["export", "mb6", "--format", "onnx", "--out", "m.onnx"], "Invalid value for '--format'"),
     ],

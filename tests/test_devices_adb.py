@@ -41,6 +41,8 @@ def device(served, key: Path):
         ({"address": "localhost"}, "host:port"),
         ({"threads": "2"}, "threads must be a int"),
         ({"runs": 0}, "runs >= 1"),
+        ({"min_time_s": -1.0}, "profile x: min_time_s must be a number of seconds >= 0"),
+        ({"min_time_s": "1"}, "min_time_s must be a float"),
         ({"cpu_mask": "zz"}, "cpu_mask"),
         ({"remote_dir": "data/tmp"}, "remote_dir"),
         ({"tools": {"onnx": {"path": "x", "kind": "benchmark_model"}}}, "formats are"),
@@ -93,11 +95,33 @@ def test_measure_over_loopback_removes_the_model(device: AdbDevice, served, tiny
     assert 0 < result.min_ms <= result.median_ms <= result.max_ms
     run = next(c for c in commands if "--graph=" in c)
     assert f"taskset {mask:x} " in run and "--num_threads=1" in run and "--num_runs=7" in run and "--warmup_runs=2" in run
+    assert "--min_secs=0 " in f"{run} "
     assert pinned.last_conditions is not None and pinned.last_conditions.cpu_mask == f"{mask:x}"
     assert pinned.last_conditions.attempts == 1
     left = [p.name for p in (served.root / "data/local/tmp/akd").iterdir()]
     assert left == ["tools"]
     pinned.close()
+
+
+def test_min_time_is_benchmark_models_min_secs(device: AdbDevice, tiny_tflite: Path, monkeypatch) -> None:
+    commands: list[str] = []
+    shell = AdbDevice._shell
+    monkeypatch.setattr(AdbDevice, "_shell", lambda self, c, t=30.0: (commands.append(c), shell(self, c, t))[1])
+    result = device.measure(tiny_tflite, threads=1, warmup=1, runs=3, min_time_s=0.3)
+    assert "--min_secs=0.3" in next(c for c in commands if "--graph=" in c)
+    # the loopback runner honours it as benchmark_model does: the tiny model ran far past 3 runs
+    assert result.count > 3 and result.count * result.mean_ms >= 299  # the tool prints the mean rounded
+
+
+def test_loopback_runner_reads_benchmark_models_flags(tiny_tflite: Path, capsys) -> None:
+    from devices.loopback_runner import main
+    from devices.parsers import parse_tool_output
+
+    assert main([f"--graph={tiny_tflite}", "--num_runs=2", "--warmup_runs=1", "--min_secs=0.2"]) == 0
+    result = parse_tool_output("benchmark_model", capsys.readouterr().out)
+    assert result.count > 2 and result.count * result.mean_ms >= 199  # the mean is printed rounded
+    assert main([f"--graph={tiny_tflite}", "--num_runs=2", "--min_secs=-1"]) == 1
+    assert "ERROR: need --num_runs >= 1, --warmup_runs >= 0, --num_threads >= 1, --min_secs >= 0" in capsys.readouterr().out
 
 
 def test_push_is_skipped_when_the_same_file_is_there(device: AdbDevice, served, tiny_tflite: Path, monkeypatch) -> None:
@@ -154,6 +178,16 @@ def test_executor_runner_flags_and_warmup_drop(served, key: Path, tmp_path: Path
     assert result.samples_ms == (30.5, 40.5, 50.5)  # the two warm-up iterations dropped
     run = next(c for c in commands if "--model_path=" in c)
     assert "--num_executions=5" in run and "--cpu_threads=2" in run
+    # no --min_secs in executor_runner: a second pass with the count the first implies
+    commands.clear()
+    result = dev.measure(pte, threads=1, warmup=2, runs=3, min_time_s=1.0)
+    runs = [c for c in commands if "--model_path=" in c]
+    assert len(runs) == 2 and "--num_executions=5" in runs[0]
+    assert "--num_executions=27" in runs[1]  # 2 warm-up + ceil(1000 ms / 40.5 ms mean of the first pass)
+    assert result.count == 25 and result.samples_ms[0] == 30.5 and sum(result.samples_ms) >= 1000
+    commands.clear()
+    assert dev.measure(pte, threads=1, warmup=2, runs=3, min_time_s=0.1).count == 3  # 121.5 ms already
+    assert len([c for c in commands if "--model_path=" in c]) == 1
     dev.close()
 
 

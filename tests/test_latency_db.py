@@ -60,10 +60,10 @@ def _writer(path, tag, n, *extra, go=True):
 
 
 def _record(db, info=HOST, arch_key="a1", fmt="tflite", threads=1, runtime="litert 2.3.0", samples=(1.0, 2.0, 4.0),
-            artifact=None):
+            artifact=None, min_time_s=None):
     r = LatencyResult.from_samples(list(samples))
     return db.record(info, r, fmt=fmt, threads=threads, warmup=2, runs=len(samples), runtime_version=runtime,
-                     arch_key=arch_key, artifact=artifact, device_name=info.backend)
+                     arch_key=arch_key, artifact=artifact, device_name=info.backend, min_time_s=min_time_s)
 
 
 def test_new_database_is_wal_at_latest_version(tmp_path):
@@ -95,6 +95,38 @@ def test_appended_migration_upgrades_and_keeps_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
     with pytest.raises(DatabaseError, match="newer than this akd-mobile"):
         open_db(path)
+
+
+def test_version_2_database_gains_min_time_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path)
+    for script in schema.MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO devices VALUES (?, 'local', 'local', 'Xeon', 'Xeon', 'x86_64', 2, '{}', 'then', 'then')",
+                 (HOST.fingerprint,))
+    conn.execute("INSERT INTO measurements (uid, arch_key, format, device_fingerprint, runtime_version, threads, "
+                 "warmup, runs, median_ms, mean_ms, std_ms, min_ms, max_ms, samples_json, measured_at) "
+                 "VALUES ('old', 'a1', 'tflite', ?, 'litert 2.3.0', 1, 0, 2, 1.5, 1.5, 0.5, 1, 2, '[1, 2]', 'then')",
+                 (HOST.fingerprint,))
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with open_db(path) as db:
+        assert db.schema_version == len(schema.MIGRATIONS) >= 3
+        (old,) = db.query()
+        assert old.uid == "old" and old.min_time_s is None and old.result.count == 2
+        _record(db, arch_key="a2", min_time_s=3.0)
+        assert {m.arch_key: m.min_time_s for m in db.query()} == {"a1": None, "a2": 3.0}
+
+
+def test_stored_count_is_the_samples_not_the_runs_asked_for(tmp_path):
+    with open_db(tmp_path / "l.sqlite") as db:
+        db.record(HOST, LatencyResult.from_samples([1.0] * 9), fmt="tflite", threads=1, warmup=0, runs=3,
+                  runtime_version="litert 2.3.0", arch_key="a1", min_time_s=0.5)
+        hit = db.lookup("a1", "tflite", HOST.fingerprint, 1, "litert 2.3.0")
+        assert hit.count == 9
+        (m,) = db.query()
+        assert (m.runs, m.min_time_s, m.result.count) == (3, 0.5, 9)
 
 
 def test_statement_splitting_keeps_semicolons_in_strings():
@@ -214,7 +246,7 @@ def test_two_concurrent_writers_lose_nothing(tmp_path):
 def test_export_import_round_trip(tmp_path, as_csv):
     art = Artifact("e" * 64, "pte", 999, {"space": "mnasnet-small", "key": "b2"}, "executorch 1.5.1")
     with open_db(tmp_path / "a.sqlite") as a:
-        _record(a, arch_key="a1", samples=(1.5, 2.5))
+        _record(a, arch_key="a1", samples=(1.5, 2.5), min_time_s=3.0)
         _record(a, PHONE, arch_key="b2", fmt="pte", runtime="executorch 1.5.1", artifact=art)
         _record(a, arch_key=None, samples=(9.0,))
         out = tmp_path / ("m.csv" if as_csv else "m.json")
@@ -227,6 +259,7 @@ def test_export_import_round_trip(tmp_path, as_csv):
         assert (r.added, r.skipped) == (3, 0)
         merged = [m.to_dict() for m in b.query() if m.arch_key != "own"]
         assert [_no_id(m) for m in merged] == [_no_id(m) for m in original]
+        assert sorted(m["min_time_s"] or 0 for m in merged) == [0, 0, 3.0]
         assert b.lookup("b2", "pte", PHONE.fingerprint, 1, "executorch 1.5.1") is not None
         assert b.arch_key_of("e" * 64) == "b2"
         assert {d["fingerprint"] for d in b.devices()} == {HOST.fingerprint, PHONE.fingerprint}
@@ -238,6 +271,32 @@ def _no_id(d):
     return {k: v for k, v in d.items() if k != "id"}
 
 
+@pytest.mark.parametrize("as_csv", [True, False])
+def test_export_from_before_min_time_imports(tmp_path, as_csv):
+    import csv
+
+    with open_db(tmp_path / "a.sqlite") as a:
+        _record(a, min_time_s=2.0)
+        out = tmp_path / ("m.csv" if as_csv else "m.json")
+        export_measurements(a, out, as_csv=as_csv)
+    if as_csv:
+        rows = list(csv.DictReader(out.read_text().splitlines()))
+        fields = [f for f in rows[0] if f != "min_time_s"]
+        with open(out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        data = json.loads(out.read_text())
+        for row in data["measurements"]:
+            del row["min_time_s"]
+        out.write_text(json.dumps(data))
+    with open_db(tmp_path / "b.sqlite") as b:
+        assert import_measurements(b, out).added == 1
+        (m,) = b.query()
+        assert m.min_time_s is None and m.result.median_ms == 2.0
+
+
 def test_bad_import_files_import_nothing(tmp_path):
     with open_db(tmp_path / "a.sqlite") as a:
         _record(a)
@@ -246,11 +305,14 @@ def test_bad_import_files_import_nothing(tmp_path):
     bad_row = {**data["measurements"][0], "uid": "x", "threads": "many"}
     broken = dict(data, measurements=[*data["measurements"], bad_row])
     (tmp_path / "broken.json").write_text(json.dumps(broken))
+    negative = dict(data, measurements=[{**data["measurements"][0], "min_time_s": -1}])
+    (tmp_path / "negative.json").write_text(json.dumps(negative))
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else"}))
     (tmp_path / "short.csv").write_text("uid,format\nabc,tflite\n")
     (tmp_path / "notjson.json").write_text("{")
     with open_db(tmp_path / "b.sqlite") as b:
         for name, message in [("broken.json", "row 2 of the import: threads = 'many' is not a int"),
+                              ("negative.json", "row 1 of the import: min_time_s is negative"),
                               ("other.json", "not a latency export"), ("short.csv", "missing column"),
                               ("notjson.json", "neither a .csv nor a JSON"), ("absent.csv", "does not exist")]:
             with pytest.raises(DatabaseError, match=message):

@@ -48,6 +48,9 @@ def test_profiles_resolve_by_name_and_path(tmp_path):
         ('backend = "local"\ntimeout_s = -1\n', "timeout_s must be positive"),
         ('backend = "local"\nprocesses = 0\n', "processes must be an integer >= 1"),
         ('backend = "local"\nprocesses = "3"\n', "processes must be an integer >= 1"),
+        ('backend = "local"\nmin_time_s = -1\n', "bad.toml: min_time_s must be a number of seconds >= 0, got -1"),
+        ('backend = "local"\nmin_time_s = "3"\n', "min_time_s must be a number of seconds >= 0"),
+        ('backend = "local"\nmin_time_s = nan\n', "min_time_s must be a number of seconds >= 0"),
     ],
 )
 def test_bad_profiles_are_one_line_errors(tmp_path, text, message):
@@ -96,7 +99,7 @@ def test_runs_are_split_over_processes_and_pooled(models, monkeypatch):
     real_run = subprocess.run
 
     def counting_run(cmd, **kwargs):
-        children.append(int(cmd[-2]))  # the child's share of the timed runs
+        children.append(int(cmd[-3]))  # the child's share of the timed runs
         return real_run(cmd, **kwargs)
 
     monkeypatch.setattr("devices.local.subprocess.run", counting_run)
@@ -107,6 +110,32 @@ def test_runs_are_split_over_processes_and_pooled(models, monkeypatch):
     assert children == [1, 1]  # never an empty share
     with pytest.raises(DeviceError, match="processes must be an integer >= 1"):
         LocalDevice(processes=0)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "pte"])
+def test_timed_runs_go_on_until_the_minimum_time(models, monkeypatch, fmt):
+    import subprocess
+
+    shares = []
+    real_run = subprocess.run
+
+    def recording_run(cmd, **kwargs):
+        shares.append(float(cmd[-2]))  # the child's share of the minimum time
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr("devices.local.subprocess.run", recording_run)
+    r = LocalDevice(processes=2).measure(models[fmt], threads=1, warmup=1, runs=2, min_time_s=0.4)
+    assert shares == [0.2, 0.2]
+    # the tiny model takes well under 0.1 s a run: far more than 2 runs were needed
+    assert r.count == len(r.samples_ms) > 4 and sum(r.samples_ms) >= 400
+    # the runs are a minimum too: a model slower than the minimum time still runs `runs` times
+    _, timed = local_runner.time_model(models[fmt], 1, 0, 3, min_time_s=1e-6)
+    assert len(timed) == 3
+
+
+def test_runner_reports_its_warmup_apart(models):
+    warm, timed = local_runner.time_model(models["tflite"], 1, 2, 3)
+    assert len(warm) == 2 and len(timed) == 3 and all(s > 0 for s in warm + timed)
 
 
 def test_executorch_threads_are_set(models):
@@ -149,6 +178,9 @@ def test_bad_arguments(tmp_path, models):
         device.measure(tmp_path / "model.onnx", 1, 0, 1)
     with pytest.raises(DeviceError, match="threads >= 1"):
         device.measure(models["tflite"], 0, 0, 1)
+    for bad in (-0.5, math.nan, math.inf):
+        with pytest.raises(DeviceError, match="min_time_s must be a number of seconds >= 0"):
+            device.measure(models["tflite"], 1, 0, 1, min_time_s=bad)
 
 
 def test_runner_is_ours_whatever_the_cwd(models, monkeypatch, tmp_path):

@@ -161,3 +161,23 @@ def test_unknown_run_and_bad_config(fake, tmp_path):
         run_search(None, tmp_path / "db.sqlite", resume=7)
     with pytest.raises(SearchError, match="--batch must be at least 1"):
         run_search(SearchConfig(batch=0), tmp_path / "db.sqlite")
+
+
+def test_measurement_defaults_come_from_the_profile(fake, tmp_path):
+    from akd_mobile.search import resolve_device_defaults
+    from akd_mobile.errors import DeviceError
+    from devices.profiles import load_profile
+
+    local = load_profile("local").settings
+    resolved = resolve_device_defaults(SearchConfig())
+    assert (resolved.threads, resolved.warmup, resolved.runs, resolved.min_time_s) == (
+        local["threads"], local["warmup"], local["runs"], local["min_time_s"])
+    assert resolve_device_defaults(SearchConfig(min_time_s=0.0)).min_time_s == 0.0
+    summary = run_search(CONFIG, tmp_path / "db.sqlite")
+    assert summary.config["min_time_s"] == local["min_time_s"]  # stored with the run
+    with pytest.raises(SearchError, match="--min-time must be a number of seconds >= 0, got -1"):
+        run_search(SearchConfig(min_time_s=-1), tmp_path / "db.sqlite")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backend = "local"\ntarget_ms = 1.0\nmin_time_s = "long"\n')
+    with pytest.raises(DeviceError, match="bad.toml: min_time_s must be a number of seconds"):
+        run_search(SearchConfig(device=str(bad)), tmp_path / "db.sqlite")
