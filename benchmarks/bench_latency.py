@@ -1,6 +1,6 @@
 """Repeatability and overhead of `bench` on the local device, and export times.
 
-    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50] [--min-times 0,3,20] [--drift-s 60]
+    .venv/bin/python benchmarks/bench_latency.py [--repeats 5] [--runs 50] [--min-times 0,3,20] [--drift-s 120]
 
 1. Repeatability: `akd-mobile bench MODEL --min-time T --json` on the same model, `--repeats`
    times back to back, for a mnasnet-small and a mnasnet-imagenet candidate in each format
@@ -11,7 +11,8 @@
    `processes` fresh processes, in `--repeats` rounds with the order alternating;
    overhead = median over the rounds of ours / theirs - 1 (target < 5% on a >= 5 ms
    model). Our median and our mean are both compared with their mean.
-3. The host's own drift: the runtime's back-to-back speed over a minute, in 5 s windows.
+3. The host's own drift: the runtime's back-to-back speed over `--drift-s` seconds, cut into
+   windows of 1.25 to 20 s; the CV of the window medians for each length.
 4. Export time of one mnasnet-small and one mnasnet-imagenet candidate to each format:
    cold (empty cache) and cached, each an `akd-mobile export` process; wall time of the
    command and the conversion time it reports.
@@ -161,9 +162,10 @@ def overhead(models: dict[str, Path], repeats: int, runs: int, processes: int) -
     return rows
 
 
-def host_drift(path: Path, seconds: float, window_s: float = 5.0) -> dict:
+def host_drift(path: Path, seconds: float, windows_s: tuple[float, ...] = (1.25, 2.5, 5.0, 10.0, 20.0)) -> dict:
     """The host's own drift: one interpreter timing single invokes of a `.tflite` model back
-    to back for `seconds`; the medians of consecutive `window_s` windows and their CV."""
+    to back for `seconds`; for each window length, the medians of consecutive windows and
+    their CV (how well a measurement spanning that long can repeat on this host now)."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
@@ -173,13 +175,21 @@ def host_drift(path: Path, seconds: float, window_s: float = 5.0) -> dict:
     interp.set_tensor(inp["index"], np.random.default_rng(0).standard_normal(inp["shape"]).astype(np.float32))
     for _ in range(WARMUP):
         interp.invoke()
-    windows: dict[int, list[float]] = {}
+    trace: list[tuple[float, float]] = []
     start = time.perf_counter()
     while (now := time.perf_counter()) - start < seconds:
         interp.invoke()
-        windows.setdefault(int((now - start) // window_s), []).append((time.perf_counter() - now) * 1000)
-    medians = [statistics.median(v) for _, v in sorted(windows.items())]
-    return {"seconds": seconds, "window_s": window_s, "medians_ms": medians, "cv_pct": _cv(medians)}
+        trace.append((now - start, (time.perf_counter() - now) * 1000))
+    by_window = {}
+    for window in windows_s:
+        groups: dict[int, list[float]] = {}
+        for t, ms in trace:
+            if t < seconds // window * window:  # whole windows only
+                groups.setdefault(int(t // window), []).append(ms)
+        if len(groups) >= 3:
+            medians = [statistics.median(v) for _, v in sorted(groups.items())]
+            by_window[window] = {"medians_ms": medians, "cv_pct": _cv(medians)}
+    return {"seconds": seconds, "windows": by_window}
 
 
 def export_times(archs: dict[str, str], env: dict[str, str]) -> list[dict]:
@@ -202,11 +212,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--min-times", default="0,3,20", help="comma-separated bench --min-time values (s)")
-    parser.add_argument("--drift-s", type=float, default=60.0, help="seconds of the host drift check")
+    parser.add_argument("--drift-s", type=float, default=120.0, help="seconds of the host drift check")
     parser.add_argument("--runtime-loop", type=Path, help="internal: print the runtime loop's mean ms of this model")
     parser.add_argument("--via", choices=("extension", "runtime"), default="extension", help="internal: see _runtime_loop")
     args = parser.parse_args()
     min_times = [float(t) for t in args.min_times.split(",")]
+    if args.drift_s < 60:
+        parser.error("--drift-s must be at least 60 (three 20-second windows)")
     if args.runtime_loop:
         print(_runtime_loop(args.runtime_loop, args.runs, args.via))
         return
@@ -246,10 +258,14 @@ def main() -> None:
         f"and of mnasnet-imagenet (`{big.key}`), 1 thread, {WARMUP} warm-up and at least {args.runs} timed runs, "
         f"on the local profile ({processes} processes per measurement).",
         "",
-        f"**The host's own drift** - single `invoke()`s of the `.tflite` model back to back in one process for "
-        f"{drift['seconds']:g} s: the medians of consecutive {drift['window_s']:g}-second windows are "
-        f"{', '.join(f'{m:.1f}' for m in drift['medians_ms'])} ms (mnasnet-imagenet), a CV of "
-        f"{drift['cv_pct']:.1f}%. No harness can measure more steadily than the host runs.",
+        f"**The host's own drift** - single `invoke()`s of the mnasnet-imagenet `.tflite` model back to back in "
+        f"one process for {drift['seconds']:g} s, cut into consecutive windows: the CV of the window medians is how "
+        "well a measurement that spans a window can repeat on this host, whatever the harness. The 5-second "
+        f"medians were {', '.join(f'{m:.1f}' for m in drift['windows'][5.0]['medians_ms'])} ms.",
+        "",
+        "| window (s) | windows | CV of their medians |",
+        "| --- | --- | --- |",
+        *(f"| {w:g} | {len(d['medians_ms'])} | {d['cv_pct']:.1f}% |" for w, d in drift["windows"].items()),
         "",
         f"**Repeatability** - `akd-mobile bench MODEL --runs {args.runs} --min-time T` {args.repeats} times back "
         "to back (target CV <= 3%):",

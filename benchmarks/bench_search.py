@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from akd_mobile.search import TRAIN_THREADS, SearchConfig, run_search
+from devices.profiles import load_profile
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "search.md"
 
@@ -44,6 +45,7 @@ def main() -> None:
             rows.append((label, summary, wall, split))
             print(label, f"{wall:.1f} s", split)
     cpu = platform.processor() or platform.machine()
+    min_time = load_profile(config.device).settings.get("min_time_s", 0.0)
     lines = [
         "# Search throughput",
         "",
@@ -74,6 +76,8 @@ def main() -> None:
         f"than the training it overlaps). KD training is the 80-step proxy on {TRAIN_THREADS} torch threads",
         "(the batch in two shards, docs/distill.md), while the export worker's process takes a core",
         "whenever a candidate's latency is not in the database yet.",
+        f"A measurement on the local device takes at least its profile's `min_time_s` ({min_time:g} s) of timed",
+        "runs over and above the processes' start (docs/latency.md): that is the `measurement s` column.",
         "With a warm database every latency is a hit: export and measurement take no time and",
         "the search is KD training and the controller. `other` is data loading, model building",
         "and database writes.",
