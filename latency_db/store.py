@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 60.0
 FORMATS = ("tflite", "pte")
+# The columns a measurement row is written with, in this order (by `record` and by an import).
+MEASUREMENT_COLUMNS = (
+    "uid", "arch_key", "format", "device_fingerprint", "artifact_sha256", "runtime_version", "converter_version",
+    "threads", "warmup", "runs", "min_time_s", "median_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p90_ms",
+    "samples_json", "thermal", "measured_at",
+)
+
+
+def insert_measurement_sql(verb: str = "INSERT") -> str:
+    """`verb INTO measurements (MEASUREMENT_COLUMNS) VALUES (?, ...)`; verb e.g. `INSERT OR IGNORE`."""
+    return (f"{verb} INTO measurements ({', '.join(MEASUREMENT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))})")
 
 
 @dataclass(frozen=True)
@@ -224,14 +236,11 @@ class LatencyDB:
                      artifact.fmt, artifact.size_bytes, artifact.converter_version, now),
                 )
             cur = conn.execute(
-                "INSERT INTO measurements (uid, arch_key, format, device_fingerprint, artifact_sha256, "
-                "runtime_version, converter_version, threads, warmup, runs, min_time_s, median_ms, mean_ms, std_ms, "
-                "min_ms, max_ms, p90_ms, samples_json, thermal, measured_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                insert_measurement_sql(),
                 (uuid.uuid4().hex, arch_key, fmt, device.fingerprint, artifact.sha256 if artifact else None,
                  runtime_version, artifact.converter_version if artifact else None, threads, warmup, runs,
-                 min_time_s, result.median_ms, result.mean_ms, result.std_ms, result.min_ms, result.max_ms, result.p90_ms,
-                 json.dumps(list(result.samples_ms)), thermal, now),
+                 min_time_s, result.median_ms, result.mean_ms, result.std_ms, result.min_ms, result.max_ms,
+                 result.p90_ms, json.dumps(list(result.samples_ms)), thermal, now),
             )
             return int(cur.lastrowid)
 

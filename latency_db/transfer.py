@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from akd_mobile.errors import DatabaseError
-from latency_db.store import FORMATS, LatencyDB
+from latency_db.store import FORMATS, LatencyDB, insert_measurement_sql
 
 SCHEMA = "akd-mobile-latency/1"
 
@@ -139,15 +139,11 @@ def _merge(db: LatencyDB, clean: list[dict[str, Any]]) -> int:
             sha = r["artifact_sha256"]
             known = sha is not None and conn.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()
             cur = conn.execute(
-                "INSERT OR IGNORE INTO measurements (uid, arch_key, format, device_fingerprint, artifact_sha256, "
-                "runtime_version, converter_version, threads, warmup, runs, min_time_s, median_ms, mean_ms, std_ms, "
-                "min_ms, max_ms, p90_ms, samples_json, thermal, measured_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                insert_measurement_sql("INSERT OR IGNORE"),
                 (r["uid"], r["arch_key"], r["format"], r["device_fingerprint"], sha if known else None,
                  r["runtime_version"], r["converter_version"], r["threads"], r["warmup"], r["runs"], r["min_time_s"],
-                 r["median_ms"],
-                 r["mean_ms"], r["std_ms"], r["min_ms"], r["max_ms"], r["p90_ms"], r["samples_ms"], r["thermal"],
-                 r["measured_at"]),
+                 r["median_ms"], r["mean_ms"], r["std_ms"], r["min_ms"], r["max_ms"], r["p90_ms"], r["samples_ms"],
+                 r["thermal"], r["measured_at"]),
             )
             added += cur.rowcount
     return added
