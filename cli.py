@@ -234,9 +234,10 @@ def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, sp
     from devices.profiles import load_profile, open_device
     from latency_db import open_db
 
-    device = open_device(device_name)
+    profile = load_profile(device_name)
+    device = open_device(profile)
     if min_time_s is None:
-        min_time_s = load_profile(device_name).settings.get("min_time_s", 0.0)
+        min_time_s = profile.settings.get("min_time_s", 0.0)
     min_time_s = check_min_time(min_time_s, "--min-time")
     is_file = model_or_arch.endswith((".tflite", ".pte")) or Path(model_or_arch).is_file()
     if is_file and fmt is not None and not model_or_arch.endswith(f".{fmt}"):

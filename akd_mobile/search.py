@@ -273,8 +273,8 @@ def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
     no minimum time. The profile is checked first (DeviceError for bad settings)."""
     from devices.profiles import load_profile, open_device
 
-    open_device(config.device)
     profile = load_profile(config.device)
+    open_device(profile)
     settings = profile.settings
     target = config.target_ms or profile.target_ms
     if target is None:

@@ -27,7 +27,7 @@ def list_devices() -> list[dict[str, Any]]:
     for profile in list_profiles():
         row: dict[str, Any] = {"name": profile.name, "backend": profile.backend, "description": profile.description}
         try:
-            device = open_device(profile.path)
+            device = open_device(profile)
             status = getattr(device, "status", None)
             if status is not None:
                 row["answers"], row["reason"] = status()

@@ -10,8 +10,8 @@ target_ms = 0.25             # optional: the search's default --target-ms on thi
 timeout_s = 120              # everything else is the backend's own settings
 ```
 
-`open_device(name_or_path)` loads the profile and hands it to the backend class's
-`from_profile(profile)`. A backend is added by one entry in `BACKENDS`: its name and the
+`open_device(name_or_path)` loads the profile (or takes a loaded one) and hands it to the
+backend class's `from_profile(profile)`. A backend is added by one entry in `BACKENDS`: its name and the
 `module:Class` to import (imported only when a profile asks for it).
 """
 
@@ -98,14 +98,15 @@ def load_profile(name_or_path: str | Path) -> Profile:
     )
 
 
-def open_device(name_or_path: str | Path) -> Device:
-    """The device a profile describes, ready to `info()` and `measure()`.
+def open_device(name_or_path: str | Path | Profile) -> Device:
+    """The device a profile describes (by name, path or an already loaded Profile), ready to
+    `info()` and `measure()`.
 
     Raises:
         DeviceError: a bad profile (see `load_profile`), an unknown backend, or settings
             its backend rejects.
     """
-    profile = load_profile(name_or_path)
+    profile = name_or_path if isinstance(name_or_path, Profile) else load_profile(name_or_path)
     if profile.backend not in BACKENDS:
         raise DeviceError(
             f"device profile {profile.path}: unknown backend {profile.backend!r}; "
