@@ -92,40 +92,36 @@ def test_measure_gives_sane_statistics(models, fmt):
     assert r.min_ms <= r.mean_ms <= r.max_ms and r.std_ms >= 0
 
 
-def test_runs_are_split_over_processes_and_pooled(models, monkeypatch):
+@pytest.fixture
+def child_commands(monkeypatch):
+    """The command lines of the local device's child processes, recorded as they run."""
     import subprocess
 
-    children = []
+    commands = []
     real_run = subprocess.run
 
-    def counting_run(cmd, **kwargs):
-        children.append(int(cmd[-3]))  # the child's share of the timed runs
+    def recording_run(cmd, **kwargs):
+        commands.append(cmd)
         return real_run(cmd, **kwargs)
 
-    monkeypatch.setattr("devices.local.subprocess.run", counting_run)
+    monkeypatch.setattr("devices.local.subprocess.run", recording_run)
+    return commands
+
+
+def test_runs_are_split_over_processes_and_pooled(models, child_commands):
     r = LocalDevice(processes=3).measure(models["tflite"], threads=1, warmup=1, runs=7)
-    assert children == [3, 2, 2] and r.count == 7
-    children.clear()
+    assert [int(cmd[-3]) for cmd in child_commands] == [3, 2, 2] and r.count == 7  # each child's share of the runs
+    child_commands.clear()
     assert LocalDevice(processes=3).measure(models["tflite"], threads=1, warmup=0, runs=2).count == 2
-    assert children == [1, 1]  # never an empty share
+    assert [int(cmd[-3]) for cmd in child_commands] == [1, 1]  # never an empty share
     with pytest.raises(DeviceError, match="processes must be an integer >= 1"):
         LocalDevice(processes=0)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "pte"])
-def test_timed_runs_go_on_until_the_minimum_time(models, monkeypatch, fmt):
-    import subprocess
-
-    shares = []
-    real_run = subprocess.run
-
-    def recording_run(cmd, **kwargs):
-        shares.append(float(cmd[-2]))  # the child's share of the minimum time
-        return real_run(cmd, **kwargs)
-
-    monkeypatch.setattr("devices.local.subprocess.run", recording_run)
+def test_timed_runs_go_on_until_the_minimum_time(models, child_commands, fmt):
     r = LocalDevice(processes=2).measure(models[fmt], threads=1, warmup=1, runs=2, min_time_s=0.4)
-    assert shares == [0.2, 0.2]
+    assert [float(cmd[-2]) for cmd in child_commands] == [0.2, 0.2]  # each child's share of the minimum time
     # the tiny model takes well under 0.1 s a run: far more than 2 runs were needed
     assert r.count == len(r.samples_ms) > 4 and sum(r.samples_ms) >= 400
     # the runs are a minimum too: a model slower than the minimum time still runs `runs` times
