@@ -570,6 +570,137 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
     emit(row, as_json, f"{student.key}: test accuracy {result.test_accuracy:.4f} after {epochs} epochs ({mode}); saved {out}")
 
 
+# ---------------------------------------------------------------- proxy fidelity studies
+
+
+@cli.group()
+def proxy() -> None:
+    """Check the proxy: does its score order students like their fully trained accuracy?"""
+
+
+@proxy.command("study")
+@click.option("--teacher", "teachers", multiple=True, default=("default",), show_default=True,
+              help="Teacher spec; repeat for a second teacher (teacher dependence). The first is the proxy's.")
+@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@click.option("--space", "space_name", default="mnasnet-small", show_default=True, help="Search space preset.")
+@click.option("--students", type=int, default=24, show_default=True, help="Students sampled.")
+@click.option("--bins", type=int, default=4, show_default=True, help="Cost bins (quantiles of MACs).")
+@click.option("--budgets", default="40,80,160,320", show_default=True, help="Proxy step budgets, increasing.")
+@click.option("--seeds", type=int, default=2, show_default=True, help="Proxy seeds per budget and mode.")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Epochs E of a full training.")
+@click.option("--ceiling-students", type=int, default=None, help="Students with a second full-KD seed (default: a third).")
+@click.option("--convergence-students", type=int, default=4, show_default=True, help="Students also trained for 2E epochs.")
+@click.option("--variant", "variants", multiple=True, help="A changed proxy setting, e.g. temperature=4 (repeatable).")
+@click.option("--variant-steps", type=int, default=None, help="Budget the variants run at (default: the second budget).")
+@click.option("--proxy-lr", type=float, default=None, help="Proxy peak learning rate (default: the search's).")
+@click.option("--proxy-temperature", type=float, default=None, help="Proxy KD temperature (default: the search's).")
+@click.option("--proxy-alpha", type=float, default=None, help="Proxy KD weight (default: the search's).")
+@click.option("--proxy-batch-size", type=int, default=None, help="Proxy images per step (default: the search's).")
+@click.option("--batch-size", type=int, default=None, help="Full training images per step (default: distill's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the students' sampling and the data split.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads per training (default: the search's two; proxy scores depend on it).")
+@click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when present).")
+@db_option
+@json_option
+def proxy_study(teachers, data, space_name, students, bins, budgets, seeds, epochs, ceiling_students,
+                convergence_students, variants, variant_steps, proxy_lr, proxy_temperature, proxy_alpha,
+                proxy_batch_size, batch_size, seed, threads, torch_device, db_path, as_json):
+    """Run (or continue: the same command resumes) a proxy fidelity study, then print its report."""
+    from akd_mobile.fidelity import analyze, format_report
+    from akd_mobile.study import StudyStore, run_study, study_config
+    from latency_db import open_db
+
+    config = study_config(
+        teachers=teachers, data=data, space=space_name, students=students, bins=bins, budgets=budgets,
+        seeds=seeds, epochs=epochs, ceiling_students=ceiling_students, convergence_students=convergence_students,
+        variants=variants, variant_steps=variant_steps, proxy_lr=proxy_lr, proxy_temperature=proxy_temperature,
+        proxy_alpha=proxy_alpha, proxy_batch_size=proxy_batch_size, batch_size=batch_size, seed=seed,
+        threads=threads, torch_device=torch_device,
+    )
+    db = open_db(db_path)
+    with _study_progress(quiet=as_json) as on_progress:
+        study_id = run_study(config, db, on_progress)
+    store = StudyStore(db)
+    report = analyze(store.get(study_id), store.trainings(study_id))
+    emit(report, as_json, format_report(report))
+
+
+def _study_progress(quiet: bool):
+    """A context giving the progress callback of a study: a rich bar on stderr, or nothing."""
+    import contextlib
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return contextlib.nullcontext(lambda p: None)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[last]}"), console=Console(stderr=True))
+    task = progress.add_task("proxy study", total=None, last="")
+
+    def update(p) -> None:
+        progress.start()  # at the first report, after every check: an error prints alone
+        last = ""
+        if p.job is not None:
+            last = f"{p.job.kind} {p.job.mode} {p.job.budget} seed {p.job.seed}: {p.accuracy:.4f} in {p.seconds:.0f} s"
+        progress.update(task, description=f"proxy study {p.study_id}", total=p.total, completed=p.done, last=last)
+
+    @contextlib.contextmanager
+    def running():
+        try:
+            yield update
+        finally:
+            progress.stop()
+
+    return running()
+
+
+@proxy.command("show")
+@click.argument("study_id", type=int)
+@click.option("--resamples", type=click.IntRange(min=0), default=2000, show_default=True, help="Bootstrap resamples.")
+@db_option
+@json_option
+def proxy_show(study_id, resamples, db_path, as_json):
+    """A study's fidelity report: rank correlations with 95% bootstrap intervals, regret, cost."""
+    from akd_mobile.fidelity import analyze, format_report
+    from akd_mobile.study import StudyStore
+    from latency_db import open_db
+
+    store = StudyStore(open_db(db_path))
+    report = analyze(store.get(study_id), store.trainings(study_id), resamples=resamples)
+    emit(report, as_json, format_report(report))
+
+
+@proxy.command("list")
+@db_option
+@json_option
+def proxy_list(db_path, as_json):
+    """Every stored study: data, teachers, students and trainings done."""
+    from akd_mobile.study import StudyStore, study_list
+    from latency_db import open_db
+
+    rows = study_list(StudyStore(open_db(db_path)))
+    emit(rows, as_json, "\n".join(
+        f"{r['id']:>4}  {r['data']:<16} {r['students']:>3} students  {r['trainings']:>5} trainings  "
+        f"teachers {', '.join(r['teachers'])}" for r in rows) or "no proxy studies in this database")
+
+
+@proxy.command("export")
+@click.argument("study_id", type=int)
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV file to write: one row per training, with its student.")
+@db_option
+def proxy_export(study_id, csv_file, db_path):
+    """Write a study's trainings as CSV."""
+    from akd_mobile.study import StudyStore, write_csv
+    from latency_db import open_db
+
+    store = StudyStore(open_db(db_path))
+    count = write_csv(store, study_id, csv_file)
+    click.echo(f"wrote {count} trainings of study {study_id} to {csv_file}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="akd-mobile")

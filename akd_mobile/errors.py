@@ -45,3 +45,7 @@ class SearchError(AkdError):
 
 class DistillError(AkdError):
     """A bad training budget or schedule, or a student that does not fit the data set."""
+
+
+class StudyError(AkdError):
+    """A bad proxy fidelity study configuration or an unknown study."""

@@ -108,10 +108,52 @@ V3_MIN_TIME = """
 ALTER TABLE measurements ADD COLUMN min_time_s REAL CHECK (min_time_s >= 0);
 """
 
+V4_PROXY_STUDIES = """
+-- fidelity studies of the proxy (akd_mobile/study.py): does the proxy score order
+-- students like their fully trained accuracy?
+CREATE TABLE studies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL UNIQUE,  -- hash of the config, the teachers' and the data's identity
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    config_json TEXT NOT NULL,         -- the full StudyConfig
+    teachers_json TEXT NOT NULL,       -- [{spec, hash, test_accuracy, params}], first: the primary teacher
+    data_json TEXT NOT NULL,           -- Dataset.summary()
+    versions_json TEXT NOT NULL
+);
+CREATE TABLE study_students (
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    idx INTEGER NOT NULL,              -- order of training (cost bins interleaved)
+    arch TEXT NOT NULL,
+    arch_key TEXT NOT NULL,
+    cost_bin INTEGER NOT NULL,         -- 0: cheapest
+    macs INTEGER NOT NULL,
+    params INTEGER NOT NULL,
+    PRIMARY KEY (study_id, idx)
+);
+CREATE TABLE study_trainings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    student INTEGER NOT NULL,          -- study_students.idx
+    kind TEXT NOT NULL CHECK (kind IN ('proxy', 'full')),
+    mode TEXT NOT NULL CHECK (mode IN ('kd', 'ce')),
+    teacher TEXT NOT NULL,             -- teacher hash; '' in mode ce
+    setting TEXT NOT NULL,             -- '' for the base proxy settings, else e.g. 'temperature=4'
+    budget INTEGER NOT NULL,           -- proxy: steps; full: epochs
+    seed INTEGER NOT NULL,
+    accuracy REAL NOT NULL,            -- proxy: validation accuracy; full: test accuracy
+    val_accuracy REAL NOT NULL,
+    seconds REAL NOT NULL,             -- training and scoring wall time
+    finished_at REAL NOT NULL,
+    UNIQUE (study_id, student, kind, mode, teacher, setting, budget, seed)
+);
+"""
+
 MIGRATIONS: list[str] = [
     V1_LATENCY,
     V2_SEARCH_RUNS,
     V3_MIN_TIME,
+    V4_PROXY_STUDIES,
 ]
 
 
