@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from akd_mobile import __version__
-from akd_mobile.errors import AkdError
+from akd_mobile.errors import AkdError, Interrupted
 
 
 class AkdGroup(click.Group):
@@ -21,6 +21,9 @@ class AkdGroup(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.ClickException as exc:
             _fail(exc.format_message())
+        except Interrupted as exc:
+            click.echo(f"interrupted: {' '.join(str(exc).split())}", err=True)
+            sys.exit(exc.exit_code)
         except AkdError as exc:
             _fail(str(exc))
         except click.exceptions.Abort:
@@ -46,6 +49,37 @@ def emit(data: Any, as_json: bool, text: str | None = None) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+def _show_logs(ctx: click.Context, _param: click.Parameter, verbose: bool) -> None:
+    """--verbose: akd-mobile's debug log on stderr for this command, and with it the converters'
+    and runtimes' own output (see `akd_mobile.export.quiet_converters`)."""
+    import logging
+
+    if not verbose:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("akd_mobile", "devices", "latency_db")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
+        lg.addHandler(handler)
+        lg.propagate = False  # a converter may configure the root logger: print each line once
+
+    def restore() -> None:
+        for lg, (level, propagate) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+    ctx.call_on_close(restore)
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, expose_value=False, callback=_show_logs,
+    help="Show akd-mobile's log and the converters' and runtimes' own output on stderr.",
+)
 
 
 @click.group(cls=AkdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,25 +186,35 @@ def db_option(f):
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the profile's).")
 @click.option("--min-time", "min_time_s", type=float, default=None,
               help="Least seconds of timed runs per latency measurement (default: the profile's min_time_s).")
-@click.option("--proxy-steps", type=int, default=None, help="KD proxy training steps per candidate.")
+@click.option("--proxy-steps", type=int, default=None, help="Proxy training steps per candidate (default 80).")
+@click.option("--proxy-batch-size", type=int, default=None,
+              help="Proxy images per step (default 125; more than the training split takes all of it).")
+@click.option("--proxy-lr", type=float, default=None, help="Proxy peak learning rate (default 0.2).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", type=int, default=None, help="Continue run RUN_ID from its last checkpoint.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep an HTML report of the run in this folder, rewritten as the search goes (open its index.html).")
 @db_option
 @json_option
 def search(device, teacher, data, space_name, target_ms, constraint, reward, strategy, budget, batch, fmt,
-           threads, min_time_s, proxy_steps, seed, resume, db_path, as_json):
+           threads, min_time_s, proxy_steps, proxy_batch_size, proxy_lr, seed, resume, report_dir, db_path, as_json):
     """Search for the student the teacher distils best into, under the latency target."""
+    from akd_mobile.distill import ProxyBudget
     from akd_mobile.report import format_summary, search_progress
     from akd_mobile.search import SearchConfig, run_search
 
+    proxy = ProxyBudget().override(steps=proxy_steps, batch_size=proxy_batch_size, lr=proxy_lr)
     config = SearchConfig(
         device=device, teacher=teacher, data=data, space=space_name, target_ms=target_ms, constraint=constraint,
         reward=reward, strategy=strategy, budget=budget, batch=batch, fmt=fmt, threads=threads,
-        min_time_s=min_time_s, proxy_steps=proxy_steps, seed=seed,
+        min_time_s=min_time_s, proxy=proxy, seed=seed,
     )
-    with search_progress(budget, quiet=as_json) as on_progress:
-        summary = run_search(config, db_path, resume, on_progress)
-    emit(summary.to_dict(), as_json, format_summary(summary))
+    from akd_mobile.run_report import chained, live_report
+
+    with search_progress(budget, quiet=as_json) as show, live_report(report_dir, db_path) as write:
+        summary = run_search(config, db_path, resume, chained(show, write))
+    text = format_summary(summary) + (f"\nreport: {(report_dir / 'index.html').resolve()}" if report_dir else "")
+    emit(summary.to_dict(), as_json, text)
 
 
 @cli.group()
@@ -186,8 +230,20 @@ def runs_list(db_path, as_json):
     from akd_mobile.report import format_run_list, run_list
     from latency_db import open_db
 
-    rows = run_list(open_db(db_path))
+    rows = run_list(open_db(db_path, read_only=True))
     emit(rows, as_json, format_run_list(rows))
+
+
+@runs.command("delete")
+@click.argument("run_id", type=int)
+@db_option
+def runs_delete(run_id, db_path):
+    """Delete run RUN_ID and its candidates (its latency measurements stay)."""
+    from akd_mobile.runs import RunStore
+    from latency_db import open_db
+
+    n = RunStore(open_db(db_path)).delete_run(run_id)
+    click.echo(f"deleted run {run_id} and its {n} candidates")
 
 
 @runs.command("show")
@@ -200,8 +256,29 @@ def runs_show(run_id, top, db_path, as_json):
     from akd_mobile.report import format_run, run_details
     from latency_db import open_db
 
-    details = run_details(open_db(db_path), run_id, top)
+    details = run_details(open_db(db_path, read_only=True), run_id, top)
     emit(details, as_json, format_run(details))
+
+
+@cli.command("report")
+@click.argument("run_ids", nargs=-1, type=int)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for index.html and its figures (PNG and SVG).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Candidates listed per run.")
+@db_option
+@json_option
+def report(run_ids, out, top, db_path, as_json):
+    """An HTML page of runs RUN_ID...: accuracy against latency, reward, time, top candidates and finals.
+
+    Several runs overlay on the same axes, one colour each: an AKD run beside its baselines."""
+    from akd_mobile.run_report import write_report
+    from latency_db import open_db
+
+    files = write_report(open_db(db_path, read_only=True), list(run_ids), out, top)
+    runs_text = ", ".join(map(str, files.run_ids))
+    emit(files.to_dict(), as_json,
+         f"report of run{'s' if len(files.run_ids) > 1 else ''} {runs_text}: {files.html.resolve()}\n"
+         f"figures beside it as PNG and SVG: {', '.join(files.figures)}\nopen {files.html.resolve().as_uri()}")
 
 
 # ---------------------------------------------------------------- latency
@@ -226,10 +303,12 @@ def _stats_line(r: dict[str, Any]) -> str:
 @space_options
 @db_option
 @json_option
+@verbose_option
 def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, space_name, input_shape, classes,
           db_path, as_json):
-    """Measure a .tflite/.pte file or an architecture on a device, store and print it."""
-    from akd_mobile.latency import measure_arch, measure_file
+    """Measure a .tflite/.pte file or an architecture on a device, print and store it."""
+    from akd_mobile.errors import DatabaseError
+    from akd_mobile.latency import measure_arch, measure_file, store_measurement
     from devices.local import check_min_time
     from devices.profiles import load_profile, open_device
     from latency_db import open_db
@@ -245,12 +324,17 @@ def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, sp
     arch = None if is_file else _space(space_name, input_shape, classes).decode(model_or_arch)
     with open_db(db_path) as db:
         if arch is None:
-            out = measure_file(Path(model_or_arch), device, db, threads, warmup, runs, min_time_s)
+            new = measure_file(Path(model_or_arch), device, db, threads, warmup, runs, min_time_s)
         else:
-            out = measure_arch(arch, device, db, fmt or "tflite", threads, warmup, runs, min_time_s=min_time_s)
-    d = {**out.to_dict(), "device": device.name, "min_time_s": min_time_s}
-    emit(d, as_json, f"{out.arch_key or Path(model_or_arch).name}  {out.fmt}  {device.name}  "
-                     f"threads {threads}  {_stats_line(d)}")
+            new = measure_arch(arch, device, fmt or "tflite", threads, warmup, runs, min_time_s=min_time_s)
+        out = new.outcome
+        d = {**out.to_dict(), "device": device.name, "min_time_s": min_time_s}
+        emit(d, as_json, f"{out.arch_key or Path(model_or_arch).name}  {out.fmt}  {device.name}  "
+                         f"threads {threads}  {_stats_line(d)}")
+        try:
+            store_measurement(db, new)
+        except DatabaseError as exc:
+            raise DatabaseError(f"{exc}; the measurement printed above was not stored") from None
 
 
 @cli.command("export")
@@ -261,6 +345,7 @@ def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, sp
               help="A state dict (torch.save); default: initialised weights.")
 @space_options
 @json_option
+@verbose_option
 def export(arch, fmt, out, weights, space_name, input_shape, classes, as_json):
     """Export ARCH to .tflite (litert-torch) or .pte (ExecuTorch + XNNPACK)."""
     from akd_mobile.export import check_out_path, export_model, save_as
@@ -288,19 +373,21 @@ def latency() -> None:
 @db_option
 @json_option
 def latency_query(device, fmt, min_ms, max_ms, limit, db_path, as_json):
-    """Stored measurements, fastest first."""
+    """Stored measurements, fastest first; `noisy` marks a p90 far above the median."""
     from latency_db import open_db
-    from latency_db.store import check_query
+    from latency_db.store import NOISY_P90_RATIO, check_query
 
     check_query(fmt, min_ms, max_ms, limit)
-    with open_db(db_path) as db:
+    with open_db(db_path, read_only=True) as db:
         rows = [m.to_dict() for m in db.query(device, fmt, min_ms, max_ms, limit)]
-    text = "\n".join(
-        f"{r['id']:>6}  {r['device_name']:<10} {r['fmt']:<6} t{r['threads']}  {r['arch_key'] or '-':<12}  "
-        f"{r['median_ms']:9.3f} ms  p90 {r['p90_ms'] or float('nan'):9.3f}  {r['measured_at'][:19]}"
-        for r in rows
-    )
-    emit(rows, as_json, text or "no measurements match")
+    lines = [f"{'id':>6}  {'device':<10} {'format':<6} {'threads':>7}  {'arch':<12}  {'median_ms':>9}  {'p90_ms':>9}  "
+             f"{'measured_at':<19}  note"]
+    lines += [f"{r['id']:>6}  {r['device_name']:<10} {r['fmt']:<6} {r['threads']:>7}  {r['arch_key'] or '-':<12}  "
+              f"{r['median_ms']:9.3f}  {'-' if r['p90_ms'] is None else format(r['p90_ms'], '.3f'):>9}  "
+              f"{r['measured_at'][:19]}  {'noisy' if r['noisy'] else ''}".rstrip() for r in rows]
+    if any(r["noisy"] for r in rows):
+        lines.append(f"noisy: p90 above {NOISY_P90_RATIO:g}x the median; measure it again on a quiet device")
+    emit(rows, as_json, "\n".join(lines) if rows else "no measurements match")
 
 
 @latency.command("stats")
@@ -310,7 +397,7 @@ def latency_stats(db_path, as_json):
     """Counts of measurements, devices and architectures, and ranges per device and format."""
     from latency_db import open_db
 
-    with open_db(db_path) as db:
+    with open_db(db_path, read_only=True) as db:
         s = db.stats().to_dict()
     lines = [f"{s['path']} (schema v{s['schema_version']}): {s['measurements']} measurements, "
              f"{s['archs']} archs, {s['devices']} devices, {s['artifacts']} artifacts"]
@@ -330,7 +417,7 @@ def latency_export(csv_file, json_file, db_path):
 
     if (csv_file is None) == (json_file is None):
         raise click.UsageError("give exactly one of --csv FILE or --json FILE")
-    with open_db(db_path) as db:
+    with open_db(db_path, read_only=True) as db:
         n = export_measurements(db, csv_file or json_file, as_csv=csv_file is not None)
     click.echo(f"exported {n} measurements to {csv_file or json_file}")
 
@@ -397,6 +484,7 @@ def devices_setup(name, as_json):
 @click.argument("name")
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default="tflite", show_default=True)
 @json_option
+@verbose_option
 def devices_check(name, fmt, as_json):
     """Push a tiny model to NAME, run its tool, parse and print the latency."""
     from devices.manage import check_device
@@ -499,11 +587,18 @@ def teacher_train(recipe, data, epochs, out, lr, batch_size, seed, torch_device,
 @teacher.command("list")
 @json_option
 def teacher_list(as_json):
-    """List the built-in teacher recipes."""
-    from akd_mobile.teachers import RECIPES
+    """List the built-in teacher `default` (and the data set it fits), then the recipes."""
+    from akd_mobile.teachers import RECIPES, teacher_info
 
-    rows = [{"recipe": r.name, "family": r.family, "description": r.description} for r in RECIPES.values()]
-    emit(rows, as_json, "\n".join(f"{r['recipe']:<12} {r['description']}" for r in rows))
+    info = teacher_info()
+    builtin = {"name": "default", "kind": "teacher", "recipe": info["recipe"], "params": info["params"],
+               "dataset": info["dataset"], "test_accuracy": info["test_accuracy"],
+               "description": f"built-in teacher: recipe {info['recipe']} ({info['params']:,} parameters) "
+                              f"trained on {info['dataset']}, test accuracy {info['test_accuracy']:.4f}; "
+                              f"teaches {info['dataset']} only"}
+    rows = [builtin] + [{"name": r.name, "kind": "recipe", "recipe": r.name, "family": r.family,
+                         "description": r.description} for r in RECIPES.values()]
+    emit(rows, as_json, "\n".join(f"{r['name']:<12} {r['description']}" for r in rows))
 
 
 @teacher.command("eval")
@@ -552,7 +647,7 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
     from akd_mobile.data import load_dataset
     from akd_mobile.distill import TrainConfig, torch_device as resolve, torch_threads, train_student
     from akd_mobile.space import get_space
-    from akd_mobile.teachers import cached_logits, load_teacher
+    from akd_mobile.teachers import cached_logits, check_teacher_fits, load_teacher
 
     resolve(torch_device)
     config = TrainConfig(epochs, batch_size, lr, schedule, temperature=temperature, alpha=alpha)
@@ -560,7 +655,11 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
     student = get_space(space_name, dataset.input_shape, dataset.num_classes).decode(arch)
     progress, on_epoch = _epoch_progress(epochs, f"student {student.key}")
     with torch_threads(threads):
-        logits = cached_logits(load_teacher(teacher_spec), dataset, device=torch_device) if mode == "kd" else None
+        logits = None
+        if mode == "kd":
+            t = load_teacher(teacher_spec)
+            check_teacher_fits(t, dataset, torch_device)
+            logits = cached_logits(t, dataset, device=torch_device)
         with progress:
             model, result = train_student(student, dataset, logits, config, mode, seed, torch_device, on_epoch)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -568,6 +667,35 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
     row = {**result.__dict__, "arch": student.canonical, "key": student.key, "teacher": teacher_spec if mode == "kd" else None,
            "data": dataset.name, "out": str(out)}
     emit(row, as_json, f"{student.key}: test accuracy {result.test_accuracy:.4f} after {epochs} epochs ({mode}); saved {out}")
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the trained weights, the .tflite/.pte models and manifest.json.")
+@click.option("--top", type=int, default=3, show_default=True, help="The run's best candidates to finalize.")
+@click.option("--arch", "archs", multiple=True, help="An architecture of your own to train and measure alike (repeatable).")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Full training epochs (cosine schedule).")
+@torch_options
+@db_option
+@json_option
+def finalize(run_id, out, top, archs, epochs, torch_device, threads, db_path, as_json):
+    """Fully train RUN_ID's best candidates (and --arch ones), export both formats, measure on the run's device."""
+    from akd_mobile.finals import FinalizeConfig, finalize as run_finalize
+    from akd_mobile.report import finalize_progress, format_finals
+    from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
+    from latency_db import open_db
+
+    config = FinalizeConfig(out=out, top=top, archs=tuple(archs), epochs=epochs, torch_device=torch_device,
+                            threads=threads)
+    try:
+        with signals_as_interrupts(), finalize_progress(quiet=as_json) as on_progress:
+            finals = run_finalize(run_id, config, open_db(db_path), on_progress)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"finalize of run {run_id} stopped by {signal_name(exc)}; the finals trained so far are "
+                          "stored: the same command continues", signal_number(exc)) from None
+    rows = [f.to_dict() for f in finals]
+    emit(rows, as_json, format_finals(rows) + f"\nfiles and manifest.json in {out}")
 
 
 # ---------------------------------------------------------------- proxy fidelity studies

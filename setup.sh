@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 missing=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || missing+=(dataset-fashion-mnist)
 command -v adb >/dev/null 2>&1 || missing+=(adb)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the headless browser of the report's test
 if ((${#missing[@]})); then
     sudo=""
     [[ $(id -u) -eq 0 ]] || sudo="sudo"

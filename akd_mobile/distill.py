@@ -14,12 +14,14 @@ oneDNN's CPU convolutions run several times faster than NCHW.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,15 @@ class ProxyBudget:
             raise DistillError(f"a proxy budget needs steps >= 1 (or epochs > 0), got {self.steps} / {self.epochs}")
         if (self.eval_images is not None and self.eval_images < 1) or self.bn_images < 0:
             raise DistillError("eval_images must be at least 1 (or None for all) and bn_images at least 0")
+
+    def override(self, **values: Any) -> ProxyBudget:
+        """A copy with the given settings that are not None (DistillError for bad ones)."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def fitted(self, train_images: int) -> ProxyBudget:
+        """This budget for a training split of `train_images` images: a batch larger than the
+        split takes the whole split at every step."""
+        return dataclasses.replace(self, batch_size=min(self.batch_size, train_images))
 
     def num_steps(self, train_images: int) -> int:
         """Optimizer steps this budget takes on a split of `train_images` images."""
@@ -275,6 +286,7 @@ def proxy_score(
     dev = torch_device(device)
     from akd_mobile.builder import build_student
 
+    budget = budget.fitted(len(data.train_y))
     steps = budget.num_steps(len(data.train_y))
     n_val = len(data.val_y) if budget.eval_images is None else min(budget.eval_images, len(data.val_y))
     # freed memory kept in the process: no page faults for each batch's activations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class AkdError(Exception):
     """An error the user can cause and fix; its message says what to do."""
@@ -31,6 +33,11 @@ class DeviceError(AkdError):
     """An unknown, unreachable or failing device, or a bad device profile."""
 
 
+class DeviceUnavailable(DeviceError):
+    """A device that cannot be reached, stopped answering or timed out: the device's or the
+    host's failure, not the model's (a search stops, resumable, instead of failing the candidate)."""
+
+
 class ParseError(DeviceError):
     """Benchmark tool output with no timing in it."""
 
@@ -49,3 +56,43 @@ class DistillError(AkdError):
 
 class StudyError(AkdError):
     """A bad proxy fidelity study configuration or an unknown study."""
+
+
+class FinalizeError(AkdError):
+    """Bad finalize settings, a run with nothing to finalize, or an output folder in use."""
+
+
+class ReportError(AkdError):
+    """A report asked of no runs or of runs the database does not hold, or an output folder that cannot be written."""
+
+
+class HostError(AkdError):
+    """This machine failed the work, not the input: disk full, out of memory, a helper process gone."""
+
+
+class Interrupted(AkdError):
+    """Work stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) with its state stored; the command
+    exits with 128 + the signal's number, as a shell does."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# errno values that say the machine, not the work, is at fault
+_HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM})
+
+
+def stops_the_run(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from) is the device's or the host's failure,
+    which stops a search resumably, rather than the candidate's own, which is recorded."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (DeviceUnavailable, HostError, DatabaseError, MemoryError)):
+            return True
+        if isinstance(current, OSError) and current.errno in _HOST_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

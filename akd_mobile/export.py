@@ -17,12 +17,15 @@ a file lookup. The cache folder is `$AKD_CACHE_DIR`, else `$XDG_CACHE_HOME/akd-m
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -167,7 +170,7 @@ def export_model(
         try:
             with quiet_converters():
                 convert(model, x, tmp)
-            actual = run(tmp, x)
+                actual = run(tmp, x)
         except Exception as exc:  # converters and runtimes raise anything; the user needs one line
             raise ExportError(f"{fmt} conversion of {arch.key} failed: {_first_line(exc)}") from exc
         diff = float(abs(actual - expected).max())
@@ -308,19 +311,39 @@ def _temp_file(folder: Path, suffix: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def quiet_converters() -> Iterator[None]:
-    """Hide litert-torch's progress printout and the converters' deprecation warnings."""
-    saved = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    """Keep the converters' and runtimes' own output off the terminal: litert-torch's progress,
+    warnings, Python prints and logs, and what their C++ libraries (TensorFlow, XNNPACK,
+    ExecuTorch, absl) write to file descriptors 1 and 2. When this module's logger is enabled
+    for DEBUG (the CLI's `--verbose`) all of it goes to stderr instead; never to stdout, which
+    holds a command's result."""
+    verbose = log.isEnabledFor(logging.DEBUG)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    target = os.dup(2) if verbose else os.open(os.devnull, os.O_WRONLY)
+    saved_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
+        os.dup2(target, 1)
+        if verbose:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        else:
+            os.dup2(target, 2)
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+            sink = io.StringIO()
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
     finally:
-        if saved is None:
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers, before fds 1 and 2 point back
+        for fd, saved in zip((1, 2), saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
+        os.close(target)
+        if saved_env is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
         else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved_env
 
 
 def _existing(path: Path) -> Path:

@@ -1,7 +1,8 @@
 """A candidate's latency: from the database when known, else exported, measured and stored.
 
-`arch_latency` is what the search loop calls per candidate; `measure_arch` and
-`measure_file` always measure (the `bench` command).
+`arch_latency` is what the search loop calls per candidate. `measure_arch` and
+`measure_file` always measure and store nothing: `store_measurement` records what they
+return (the `bench` command prints a measurement before it stores it).
 """
 
 from __future__ import annotations
@@ -64,6 +65,33 @@ class LatencyOutcome:
         }
 
 
+@dataclass(frozen=True)
+class NewMeasurement:
+    """A measurement just made and not stored yet (see `store_measurement`).
+
+    Attributes:
+        outcome: the latency and where it came from.
+        device: the device's description.
+        device_name: the profile it was measured under.
+        artifact: the measured file's database row.
+        threads: inference threads.
+        warmup: untimed runs first.
+        runs: timed runs asked for.
+        min_time_s: least seconds of timed runs asked for.
+        thermal: the device's conditions as JSON, None when its backend reports none.
+    """
+
+    outcome: LatencyOutcome
+    device: DeviceInfo
+    device_name: str
+    artifact: Artifact
+    threads: int
+    warmup: int
+    runs: int
+    min_time_s: float
+    thermal: str | None
+
+
 def runtime_version(info: DeviceInfo, fmt: str) -> str:
     """The version string of the runtime that runs `fmt` on this device, e.g. `litert 2.3.0`."""
     if fmt not in RUNTIME_OF_FORMAT:
@@ -98,7 +126,7 @@ def arch_latency(
     stored = stored_latency(arch, device, db, fmt, threads)
     if stored is not None:
         return stored
-    return measure_arch(arch, device, db, fmt, threads, warmup, runs, weights, min_time_s)
+    return store_measurement(db, measure_arch(arch, device, fmt, threads, warmup, runs, weights, min_time_s))
 
 
 def stored_latency(arch: ArchSpec, device: Device, db: LatencyDB, fmt: str = "tflite",
@@ -115,28 +143,27 @@ def stored_latency(arch: ArchSpec, device: Device, db: LatencyDB, fmt: str = "tf
 def measure_arch(
     arch: ArchSpec,
     device: Device,
-    db: LatencyDB,
     fmt: str = "tflite",
     threads: int = 1,
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     weights: Path | None = None,
     min_time_s: float = 0.0,
-) -> LatencyOutcome:
-    """Export `arch` (a cache lookup when already exported), measure it and record it."""
+) -> NewMeasurement:
+    """Export `arch` (a cache lookup when already exported) and measure it."""
     from akd_mobile.export import export_model
 
     runtime = runtime_version(device.info(), fmt)
     exported = export_model(arch, fmt, weights=weights)
     artifact = Artifact(exported.sha256, fmt, exported.size_bytes, arch.to_json(), exported.converter_version)
-    return _measure(device, db, exported.path, artifact, arch.key, runtime, threads, warmup, runs, min_time_s,
+    return _measure(device, exported.path, artifact, arch.key, runtime, threads, warmup, runs, min_time_s,
                     exported.seconds)
 
 
 def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
-                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, min_time_s: float = 0.0) -> LatencyOutcome:
-    """Measure a `.tflite` or `.pte` file and record it (under the architecture key an
-    earlier export of the same bytes recorded, if any)."""
+                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, min_time_s: float = 0.0) -> NewMeasurement:
+    """Measure a `.tflite` or `.pte` file, under the architecture key an earlier export of
+    the same bytes recorded in `db` (only read), if any."""
     from akd_mobile.export import file_sha256
     from devices.local import check_artifact
 
@@ -145,19 +172,30 @@ def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
     runtime = runtime_version(device.info(), fmt)
     sha = file_sha256(path)
     artifact = Artifact(sha, fmt, path.stat().st_size)
-    return _measure(device, db, path, artifact, db.arch_key_of(sha), runtime, threads, warmup, runs, min_time_s, 0.0)
+    return _measure(device, path, artifact, db.arch_key_of(sha), runtime, threads, warmup, runs, min_time_s, 0.0)
 
 
-def _measure(device: Device, db: LatencyDB, path: Path, artifact: Artifact, arch_key: str | None,
-             runtime: str, threads: int, warmup: int, runs: int, min_time_s: float,
-             export_s: float) -> LatencyOutcome:
+def store_measurement(db: LatencyDB, new: NewMeasurement) -> LatencyOutcome:
+    """Record a measurement of `measure_arch` or `measure_file` in `db`; returns its outcome.
+
+    Raises:
+        DatabaseError: the database cannot be written.
+    """
+    out = new.outcome
+    db.record(new.device, out.result, fmt=out.fmt, threads=new.threads, warmup=new.warmup, runs=new.runs,
+              min_time_s=new.min_time_s, runtime_version=out.runtime_version, arch_key=out.arch_key,
+              artifact=new.artifact, device_name=new.device_name, thermal=new.thermal)
+    return out
+
+
+def _measure(device: Device, path: Path, artifact: Artifact, arch_key: str | None, runtime: str, threads: int,
+             warmup: int, runs: int, min_time_s: float, export_s: float) -> NewMeasurement:
     info = device.info()
     start = time.perf_counter()
     result = device.measure(path, threads, warmup, runs, min_time_s)
     measure_s = time.perf_counter() - start
     conditions = getattr(device, "last_conditions", None)  # adb devices: thermal state, CPU mask, ...
-    db.record(info, result, fmt=artifact.fmt, threads=threads, warmup=warmup, runs=runs, min_time_s=min_time_s,
-              runtime_version=runtime, arch_key=arch_key, artifact=artifact, device_name=device.name,
-              thermal=conditions.to_json() if conditions is not None else None)
     log.info("%s %s on %s: median %.3f ms", arch_key or path.name, artifact.fmt, device.name, result.median_ms)
-    return LatencyOutcome(result, False, export_s, measure_s, path, arch_key, artifact.fmt, info.fingerprint, runtime)
+    outcome = LatencyOutcome(result, False, export_s, measure_s, path, arch_key, artifact.fmt, info.fingerprint, runtime)
+    return NewMeasurement(outcome, info, device.name, artifact, threads, warmup, runs, min_time_s,
+                          conditions.to_json() if conditions is not None else None)

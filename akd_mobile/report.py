@@ -71,22 +71,23 @@ def _candidate_line(c: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def search_progress(budget: int, quiet: bool = False) -> Iterator[Callable[[Any], None]]:
+def search_progress(budget: int, quiet: bool = False, console: Any = None) -> Iterator[Callable[[Any], None]]:
     """A live progress display on stderr (rich); yields the search loop's progress callback.
 
-    Shows step, candidates done, best reward with its accuracy and latency, and the ETA,
-    and prints one line per finished candidate.
+    One short live line (run, candidates done, what the current candidate is doing, a bar,
+    elapsed time and ETA) that fits 80 columns, and one printed line per finished candidate
+    with the best so far (wrapped, never cut).
     """
     if quiet:
         yield lambda progress: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    console = Console(stderr=True)
+    console = console or Console(stderr=True)
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("{task.description}"), BarColumn(bar_width=16), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(),
     )
     bar = Progress(*columns, console=console)
     task = bar.add_task("search", total=budget)
@@ -94,13 +95,11 @@ def search_progress(budget: int, quiet: bool = False) -> Iterator[Callable[[Any]
 
     def update(p: Any) -> None:
         nonlocal started
-        if not started:  # shown from the first finished candidate: set-up errors stay one line
+        if not started:  # shown from the first report: set-up errors stay one line
             bar.start()
             started = True
-        best = ""
-        if p.best is not None:
-            best = f" | best reward {p.best.reward:.4f} acc {p.best.accuracy:.4f} lat {p.best.latency_ms:.3f} ms"
-        bar.update(task, completed=p.done, total=p.budget, description=f"run {p.run_id} step {p.step}{best}")
+        doing = f" {p.phase} {p.current[:8]}" if p.phase else ""
+        bar.update(task, completed=p.done, total=p.budget, description=f"run {p.run_id} {p.done}/{p.budget}{doing}")
         if p.last is not None:
             c = p.last.to_dict()
             timing = ""
@@ -109,7 +108,9 @@ def search_progress(budget: int, quiet: bool = False) -> Iterator[Callable[[Any]
                     f"  (kd {c['train_s'] or 0:.1f} s, export {c['export_s'] or 0:.1f} s, "
                     f"measure {c['measure_s'] or 0:.1f} s{', reused' if c['reused'] else ''})"
                 )
-            bar.console.print(f"[{p.done}/{p.budget}] {_candidate_line(c)}{timing}", highlight=False, soft_wrap=True)
+            best = f"; best reward {p.best.reward:.4f} ({p.best.arch_key})" if p.best is not None else ""
+            bar.console.print(f"[{p.done}/{p.budget}] {_candidate_line(c)}{timing}{best}", highlight=False,
+                              soft_wrap=True)
 
     try:
         yield update
@@ -126,6 +127,7 @@ def format_summary(summary: Any) -> str:
         f"{summary.seconds:.0f} s",
         f"reward {cfg['reward']}, strategy {cfg['strategy']}, device {cfg['device']}, format {cfg['fmt']}, "
         f"target {cfg['target_ms']} ms ({cfg['constraint']})",
+        f"data {cfg['data']}" + (f", teacher {cfg['teacher']}" if cfg["reward"] == "kd" else ""),
         "time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in summary.time_split_s.items()),
     ]
     for title, c in (("best reward", summary.best), ("best under target", summary.best_under_target)):
@@ -138,7 +140,9 @@ def format_summary(summary: Any) -> str:
 
 
 def run_list(db: Any) -> list[dict[str, Any]]:
-    """One row per stored run."""
+    """One row per stored run (a `running` run whose owner died is `stale`)."""
+    import datetime
+
     from akd_mobile.runs import RunStore
 
     store = RunStore(db)
@@ -147,16 +151,22 @@ def run_list(db: Any) -> list[dict[str, Any]]:
         rows = store.candidates(run.id)
         done = [r for r in rows if r.status == "done"]
         best = max(done, key=lambda r: r.reward, default=None)
+        cfg = run.config
         out.append(
             {
                 "run_id": run.id,
-                "status": run.status,
+                "status": run.shown_status,
+                "reason": run.reason,
                 "created_at": run.created_at,
-                "strategy": run.config["strategy"],
-                "reward": run.config["reward"],
-                "device": run.config["device"],
-                "target_ms": run.config["target_ms"],
-                "budget": run.config["budget"],
+                "started": datetime.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M"),
+                "owner": run.owner,
+                "strategy": cfg["strategy"],
+                "reward": cfg["reward"],
+                "data": _short(cfg["data"]),
+                "teacher": _short(cfg["teacher"]) if cfg["reward"] == "kd" else "-",
+                "device": _short(cfg["device"]),
+                "target_ms": cfg["target_ms"],
+                "budget": cfg["budget"],
                 "evaluated": len(done),
                 "failed": sum(r.status == "failed" for r in rows),
                 "best_reward": best.reward if best else None,
@@ -166,16 +176,39 @@ def run_list(db: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _short(spec: str) -> str:
+    """A file path's name (each member of a `,`-joined list), a name as it is."""
+    from pathlib import Path
+
+    return ",".join(Path(part).name for part in spec.split(","))
+
+
+_RUN_LIST_COLUMNS = (  # (header, width, row formatter)
+    ("run", 4, lambda r: f"{r['run_id']:>4}"),
+    ("status", 12, lambda r: r["status"]),
+    ("started", 17, lambda r: r["started"]),
+    ("strategy", 9, lambda r: f"{r['strategy']} {r['reward']}"),
+    ("data", 14, lambda r: r["data"]),
+    ("teacher", 14, lambda r: r["teacher"]),
+    ("device", 9, lambda r: r["device"]),
+    ("target", 8, lambda r: f"{r['target_ms']:.3g} ms"),
+    ("done", 9, lambda r: f"{r['evaluated']}/{r['budget']}"),
+    ("best", 6, lambda r: f"{r['best_reward']:.4f}" if r["best_reward"] is not None else "-"),
+)
+
+
 def format_run_list(rows: list[dict[str, Any]]) -> str:
+    """A table of `run_list`'s rows; a value longer than its column is cut with `~`, never run together."""
     if not rows:
         return "no runs yet: akd-mobile search starts one"
-    lines = [f"{'run':>4}  {'status':<11}{'strategy':<10}{'reward':<7}{'device':<10}{'target':>8}{'done':>9}  best reward"]
-    for r in rows:
-        best = f"{r['best_reward']:.4f}" if r["best_reward"] is not None else "-"
-        lines.append(
-            f"{r['run_id']:>4}  {r['status']:<11}{r['strategy']:<10}{r['reward']:<7}{r['device']:<10}"
-            f"{r['target_ms']:>6.3g}ms{r['evaluated']:>4}/{r['budget']:<4}  {best}"
-        )
+
+    def cell(text: str, width: int) -> str:
+        return text if len(text) <= width else text[: width - 1] + "~"
+
+    lines = ["  ".join(f"{h:<{w}}" for h, w, _ in _RUN_LIST_COLUMNS).rstrip()]
+    lines += ["  ".join(f"{cell(fmt(r), w):<{w}}" for _, w, fmt in _RUN_LIST_COLUMNS).rstrip() for r in rows]
+    if any(r["status"] == "stale" for r in rows):
+        lines.append("stale: its search died without stopping it; `akd-mobile search --resume RUN_ID` continues it")
     return "\n".join(lines)
 
 
@@ -188,8 +221,14 @@ def run_details(db: Any, run_id: int, top: int = 10) -> dict[str, Any]:
     summary = summarize(store, run_id)
     run = store.get_run(run_id)
     done = sorted((r for r in store.candidates(run_id) if r.status == "done" and not r.reused), key=lambda r: -r.reward)
+    from akd_mobile.finals import FinalStore
+
     return {
         **summary.to_dict(),
+        "finals": [f.to_dict() for f in FinalStore(db).finals(run_id)],
+        "status": run.shown_status,
+        "reason": run.reason,
+        "inputs": run.inputs,
         "versions": run.versions,
         "step": run.step,
         "top": [r.to_dict() for r in done[:top]],
@@ -201,8 +240,59 @@ def format_run(details: dict[str, Any]) -> str:
     from akd_mobile.search import SearchSummary
 
     fields = SearchSummary.__dataclass_fields__
-    lines = [format_summary(SearchSummary(**{k: details[k] for k in fields})), "", "top candidates:"]
+    lines = [format_summary(SearchSummary(**{k: details[k] for k in fields}))]
+    if details["reason"]:
+        lines.append(f"stopped because: {details['reason']}")
+    lines += ["", "top candidates:"]
     lines += [f"  {_candidate_line(c)}\n    {c['arch']}" for c in details["top"]]
     if details["failures"]:
         lines += ["failures:"] + [f"  {_candidate_line(c)}" for c in details["failures"]]
+    if details["finals"]:
+        lines += ["", "finals (fully trained):", format_finals(details["finals"])]
     return "\n".join(lines)
+
+
+def format_finals(finals: list[dict[str, Any]]) -> str:
+    """A table of a run's finals: proxy and full accuracy, latency and size per format."""
+    lines = [f"  {'key':<13}{'from':<5}{'mode':<5}{'epochs':>6}{'proxy':>8}{'test':>8}{'tflite ms':>11}{'pte ms':>9}"
+             f"  status"]
+    for f in finals:
+        fmt_ms = [f["result"].get(fmt, {}).get("median_ms") for fmt in ("tflite", "pte")]
+        cells = [f"{v:.3f}" if v is not None else "-" for v in fmt_ms]
+        proxy = f"{f['proxy_accuracy']:.4f}" if f["proxy_accuracy"] is not None else "-"
+        test = f"{f['test_accuracy']:.4f}" if f["test_accuracy"] is not None else "-"
+        status = f["status"] if not f["error"] else f"{f['status']}: {f['error']}"
+        lines.append(f"  {f['arch_key']:<13}{f['source']:<5}{f['mode']:<5}{f['epochs']:>6}{proxy:>8}{test:>8}"
+                     f"{cells[0]:>11}{cells[1]:>9}  {status}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def finalize_progress(quiet: bool = False) -> Iterator[Callable[[Any], None]]:
+    """A live line on stderr for finalize: which final, its phase and epoch; yields the callback."""
+    if quiet:
+        yield lambda progress: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), TimeElapsedColumn(),
+                   console=Console(stderr=True))
+    task = bar.add_task("finalize", total=None)
+    started = False
+
+    def update(p: Any) -> None:
+        nonlocal started
+        if not started:  # from the first report on: set-up errors stay one line
+            bar.start()
+            started = True
+        epoch = f" epoch {p.epoch}/{p.epochs}" if p.phase == "training" else ""
+        val = f" val {p.val_accuracy:.4f}" if p.val_accuracy is not None else ""
+        bar.update(task, description=f"final {p.index + 1}/{p.total} {p.arch_key[:8]} {p.phase}{epoch}{val}",
+                   total=p.epochs or None, completed=p.epoch)
+
+    try:
+        yield update
+    finally:
+        if started:
+            bar.stop()

@@ -5,12 +5,21 @@ Every change is one transaction, so a search killed at any moment leaves whole r
 the candidates proposed for a step are stored together before any is evaluated, each
 evaluated candidate is stored when it finishes, and the strategy's state is checkpointed
 together with the step counter after every update.
+
+A run has one owner at a time: the search that runs it holds a lease (its host and pid,
+and a time), renews it every few seconds from a thread, and releases it when it stops. A
+resume while another live search holds the lease is refused; a run whose owner died
+(lease lapsed, or its process gone on this host) is `stale` and can be resumed.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +30,11 @@ from akd_mobile.errors import SearchError
 
 if TYPE_CHECKING:
     from latency_db.store import LatencyDB
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 30.0  # a run's lease lapses this long after its last renewal
+RENEW_EVERY_S = 5.0
 
 @dataclass(frozen=True)
 class CandidateRow:
@@ -66,6 +80,43 @@ class RunRow:
     versions: dict[str, Any]
     step: int
     controller_s: float
+    reason: str | None
+    inputs: dict[str, Any]
+    owner: str | None
+    lease_until: float | None
+
+    @property
+    def shown_status(self) -> str:
+        """The status, with a `running` run whose owner died shown as `stale`."""
+        if self.status == "running" and not lease_alive(self.owner, self.lease_until):
+            return "stale"
+        return self.status
+
+
+_RUN_COLUMNS = "id, created_at, updated_at, status, config_json, versions_json, step, controller_s, " \
+               "reason, inputs_json, owner, lease_until"
+
+
+def this_owner() -> str:
+    """The lease holder name of this process: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def lease_alive(owner: str | None, lease_until: float | None, now: float | None = None) -> bool:
+    """Whether `owner` still holds its lease: renewed within LEASE_S and, on this host, its
+    process still running."""
+    if owner is None or lease_until is None or lease_until < (time.time() if now is None else now):
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True  # someone else's process, or a name we cannot read: trust the lease time
+    return True
 
 
 @dataclass(frozen=True)
@@ -92,33 +143,73 @@ class RunStore:
     def __init__(self, db: LatencyDB) -> None:
         self.db = db
 
-    def create_run(self, config: dict[str, Any], versions: dict[str, Any]) -> int:
+    def create_run(self, config: dict[str, Any], versions: dict[str, Any], inputs: dict[str, Any]) -> int:
+        """Store a new run, `running` and held by this process."""
         now = time.time()
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO runs (created_at, updated_at, status, config_json, versions_json) VALUES (?, ?, ?, ?, ?)",
-                (now, now, "running", json.dumps(config, sort_keys=True), json.dumps(versions, sort_keys=True)),
+                "INSERT INTO runs (created_at, updated_at, status, config_json, versions_json, inputs_json, owner, "
+                "lease_until) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                (now, now, json.dumps(config, sort_keys=True), json.dumps(versions, sort_keys=True),
+                 json.dumps(inputs, sort_keys=True), this_owner(), now + LEASE_S),
             )
         return int(cur.lastrowid)
 
     def get_run(self, run_id: int) -> RunRow:
-        rows = self.db.read(
-            "SELECT id, created_at, updated_at, status, config_json, versions_json, step, controller_s "
-            "FROM runs WHERE id = ?",
-            (run_id,),
-        )
+        rows = self.db.read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise SearchError(f"no search run {run_id} in this database; `akd-mobile runs list` shows the runs")
-        row = rows[0]
-        return RunRow(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]), row[6], row[7])
+        return _run_row(rows[0])
 
     def list_runs(self) -> list[RunRow]:
-        ids = [r[0] for r in self.db.read("SELECT id FROM runs ORDER BY id")]
-        return [self.get_run(i) for i in ids]
+        return [_run_row(r) for r in self.db.read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id")]
 
-    def set_status(self, run_id: int, status: str) -> None:
+    def set_status(self, run_id: int, status: str, reason: str | None = None) -> None:
+        """Set a run's status and why (None clears the reason)."""
         with self.db.transaction() as conn:
-            conn.execute("UPDATE runs SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), run_id))
+            conn.execute("UPDATE runs SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
+                         (status, reason, time.time(), run_id))
+
+    def claim(self, run_id: int, owner: str) -> None:
+        """Take run `run_id`'s lease for `owner`.
+
+        Raises:
+            SearchError: another live search holds it.
+        """
+        with self.db.transaction() as conn:
+            held_by, until = conn.execute("SELECT owner, lease_until FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if held_by != owner and lease_alive(held_by, until):
+                renewed = time.time() - (until - LEASE_S)
+                raise SearchError(
+                    f"run {run_id} is being run by {held_by} (lease renewed {max(0.0, renewed):.0f} s ago); "
+                    "wait for it to finish or stop that search first"
+                )
+            conn.execute("UPDATE runs SET owner = ?, lease_until = ? WHERE id = ?", (owner, time.time() + LEASE_S, run_id))
+
+    def renew(self, run_id: int, owner: str) -> None:
+        """Extend `owner`'s lease of run `run_id` (nothing if it no longer holds it)."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE runs SET lease_until = ? WHERE id = ? AND owner = ?",
+                         (time.time() + LEASE_S, run_id, owner))
+
+    def release(self, run_id: int, owner: str) -> None:
+        """Give up `owner`'s lease of run `run_id`."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE runs SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?", (run_id, owner))
+
+    def delete_run(self, run_id: int) -> int:
+        """Delete a run and its candidates; returns how many candidates went.
+
+        Raises:
+            SearchError: an unknown run, or one a live search is running.
+        """
+        run = self.get_run(run_id)
+        if run.status == "running" and lease_alive(run.owner, run.lease_until):
+            raise SearchError(f"run {run_id} is being run by {run.owner}; stop that search before deleting the run")
+        with self.db.transaction() as conn:
+            n = conn.execute("DELETE FROM candidates WHERE run_id = ?", (run_id,)).rowcount
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        return n
 
     def load_checkpoint(self, run_id: int) -> tuple[int, dict[str, Any] | None]:
         """The number of completed updates and the strategy state after the last one."""
@@ -189,3 +280,40 @@ class RunStore:
             (run_id, arch_key),
         )
         return CandidateRow(*rows[0]) if rows else None
+
+
+def _run_row(row: Any) -> RunRow:
+    return RunRow(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]), row[6], row[7], row[8],
+                  json.loads(row[9]) if row[9] else {}, row[10], row[11])
+
+
+class RunLease:
+    """This process's hold on a run, as a context: claimed on entry (SearchError while another
+    live search holds it), renewed from a thread with its own database connection, released
+    on exit."""
+
+    def __init__(self, store: RunStore, run_id: int) -> None:
+        self.store, self.run_id, self.owner = store, run_id, this_owner()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"akd-lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> RunLease:
+        self.store.claim(self.run_id, self.owner)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.store.release(self.run_id, self.owner)
+
+    def _renew(self) -> None:
+        from latency_db import open_db
+
+        with open_db(self.store.db.path) as db:
+            store = RunStore(db)
+            while not self._stop.wait(RENEW_EVERY_S):
+                try:
+                    store.renew(self.run_id, self.owner)
+                except Exception as exc:  # noqa: BLE001 - a missed renewal is retried; the search goes on
+                    log.warning("could not renew the lease of run %d: %s", self.run_id, exc)

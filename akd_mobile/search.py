@@ -8,6 +8,15 @@ logits, or plain CE for the `ce` baseline), and is stored as done or failed; the
 updates on the batch's rewards and its state is checkpointed with the step counter.
 `--resume` reloads the checkpoint, re-reads the stored candidates of the unfinished step
 and evaluates only those still pending: none is lost, none evaluated twice.
+
+Everything that can be checked is checked before a run row exists: the settings, the
+device (it must answer), the data against the space and the proxy, the teacher against
+the data (a teacher near chance on the validation split is refused). A run stores its
+teacher's and data's absolute paths with their hash and fingerprint, so a resume works
+from any folder and stops if either changed. A candidate's own failure (an op the
+converter cannot handle) is recorded and counts; the device's or the host's (unreachable,
+timed out, disk full) stops the run resumably with the candidate still pending. Ctrl-C,
+SIGTERM and SIGHUP stop it within a moment, store why, and name the resume command.
 """
 
 from __future__ import annotations
@@ -19,14 +28,21 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
-from akd_mobile.errors import AkdError, SearchError, SpaceError
+from akd_mobile.distill import ProxyBudget
+from akd_mobile.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, stops_the_run
 from akd_mobile.reward import CONSTRAINTS, RewardConfig, mnas_reward
-from akd_mobile.runs import CandidateOutcome, CandidateRow, RunStore
+from akd_mobile.runs import CandidateOutcome, CandidateRow, RunLease, RunStore, lease_alive, this_owner
+from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
 from akd_mobile.space import ArchSpec, SearchSpace, get_space
+
+if TYPE_CHECKING:
+    import torch
+
+    from akd_mobile.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +77,8 @@ class SearchConfig:
         runs: timed runs; None takes the profile's (default 30).
         min_time_s: least seconds of timed runs per measurement; None takes the profile's
             (default 0).
-        proxy_steps: KD proxy training steps; None keeps `ProxyBudget`'s default.
+        proxy: the proxy training that scores each candidate (steps, batch, learning rate, KD
+            settings); a batch larger than the data's training split takes the whole split.
         seed: seeds the strategy and every proxy training.
     """
 
@@ -80,8 +97,16 @@ class SearchConfig:
     warmup: int | None = None
     runs: int | None = None
     min_time_s: float | None = None
-    proxy_steps: int | None = None
+    proxy: ProxyBudget = ProxyBudget()
     seed: int = 0
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> SearchConfig:
+        """The config a run was stored with (`dataclasses.asdict` form)."""
+        values = dict(stored)
+        proxy = ProxyBudget(**values.pop("proxy", {}))
+        steps = values.pop("proxy_steps", None)  # runs stored before the proxy settings were one object
+        return cls(**values, proxy=proxy if steps is None else dataclasses.replace(proxy, steps=steps))
 
     def validate(self) -> None:
         """Raise SearchError for values no search can run with."""
@@ -98,7 +123,6 @@ class SearchConfig:
             (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}"),
             (self.min_time_s is None or 0 <= self.min_time_s < math.inf,
              f"--min-time must be a number of seconds >= 0, got {self.min_time_s}"),
-            (self.proxy_steps is None or self.proxy_steps >= 1, f"--proxy-steps must be at least 1, got {self.proxy_steps}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -125,7 +149,8 @@ class SearchSummary:
 
 @dataclass
 class Progress:
-    """What the loop reports after each candidate (for a live display)."""
+    """What the loop reports as it goes (for a live display): after each candidate, and at
+    each phase of the current one (`phase` and `current` set, `last` None)."""
 
     run_id: int
     step: int
@@ -133,88 +158,83 @@ class Progress:
     budget: int
     best: CandidateRow | None
     last: CandidateRow | None
+    phase: str = ""
+    current: str | None = None
 
 
-class ExportPrefetcher:
-    """Exports candidates in a background process while the foreground trains others.
+@dataclass(frozen=True)
+class SearchInputs:
+    """The data, space and teacher logits a search reads, loaded and checked before a run row
+    exists; `identity` (absolute paths, teacher hash, data fingerprint) is stored with the run."""
 
-    A new candidate costs an export (seconds of converter work) and a KD proxy run; with
-    the batch known up front, the exports of a step run one after another in a worker
-    process, so candidate i+1 converts while candidate i trains. The worker writes into
-    the export cache, where the foreground's `export_model` then finds the file.
+    data: Dataset
+    space: SearchSpace
+    teacher_logits: torch.Tensor | None
+    identity: dict[str, Any]
+
+
+def load_inputs(config: SearchConfig) -> SearchInputs:
+    """Load the config's data and teacher and check that they fit the space, the proxy and
+    each other.
+
+    Raises:
+        AkdError: data that does not fit the space, or a teacher that does not fit the data
+            (other input shape or classes, or near chance on the validation split).
     """
+    from akd_mobile.data import load_dataset
 
-    def __init__(self, fmt: str) -> None:
-        self.fmt = fmt
-        self.pool: Any = None
-        self.futures: dict[str, Any] = {}
+    data = load_dataset(config.data, seed=config.seed)
+    try:
+        space = get_space(config.space, tuple(data.input_shape), data.num_classes)
+    except SpaceError as exc:
+        raise SearchError(f"dataset {config.data} does not fit space {config.space}: {exc}") from None
+    identity: dict[str, Any] = {"data": {"spec": config.data, "fingerprint": data.fingerprint}}
+    logits = None
+    if config.reward == "kd":
+        from akd_mobile.teachers import cached_logits, check_teacher_fits, load_teacher
 
-    def submit(self, archs: list[ArchSpec]) -> None:
-        """Queue the exports of `archs` (those not queued already)."""
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        from akd_mobile.export import export_model
-
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_export_worker_init)
-        for arch in archs:
-            if arch.key not in self.futures:
-                self.futures[arch.key] = self.pool.submit(export_model, arch, self.fmt)
-
-    def wait(self, arch: ArchSpec) -> None:
-        """Block until the export of `arch` (if queued) is done; raise its error."""
-        future = self.futures.pop(arch.key, None)
-        if future is not None:
-            future.result()
-
-    def close(self) -> None:
-        """Stop the worker, dropping exports not started."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        self.futures.clear()
+        teacher = load_teacher(config.teacher)
+        check_teacher_fits(teacher, data)
+        logits = cached_logits(teacher, data)
+        identity["teacher"] = {"spec": config.teacher, "hash": teacher.hash}
+    return SearchInputs(data, space, logits, identity)
 
 
-def _export_worker_init() -> None:
-    """One torch thread, and the converters' C++ log chatter kept off the terminal (an
-    export's error still reaches the search as the future's exception)."""
-    import os
+def check_inputs_unchanged(run_id: int, stored: dict[str, Any], now: dict[str, Any]) -> None:
+    """Raise SearchError if the teacher or the data differ from what run `run_id` started with."""
+    for what, key in (("teacher", "hash"), ("data", "fingerprint")):
+        then, current = stored.get(what), now.get(what)
+        if then and current and then[key] != current[key]:
+            raise SearchError(
+                f"the {what} {current['spec']} changed since run {run_id} started ({key} {then[key][:12]} then, "
+                f"{current[key][:12]} now); put the original back, or start a new search"
+            )
 
-    import torch
 
-    torch.set_num_threads(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
+def with_absolute_paths(config: SearchConfig) -> SearchConfig:
+    """The config with the files it names (teacher members, data folder, device profile) as
+    absolute paths, so that a resume from another folder finds them; names stay names."""
+
+    def absolute(spec: str) -> str:
+        return str(Path(spec).expanduser().resolve()) if spec and Path(spec).expanduser().exists() else spec
+
+    teacher = ",".join(absolute(part.strip()) for part in config.teacher.split(","))
+    return dataclasses.replace(config, teacher=teacher, data=absolute(config.data), device=absolute(config.device))
 
 
 class Evaluator:
     """Scores candidates: latency through the latency database, accuracy by proxy training."""
 
-    def __init__(self, config: SearchConfig, db: Any, device: Any) -> None:
-        from akd_mobile.data import load_dataset
-        from akd_mobile.distill import ProxyBudget
+    def __init__(self, config: SearchConfig, inputs: SearchInputs, db: Any, device: Any) -> None:
+        from akd_mobile.export_worker import ExportWorker
 
         self.config = config
         self.db = db
         self.device = device
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
-        self.data = load_dataset(config.data, seed=config.seed)
-        try:
-            self.space: SearchSpace = get_space(config.space, tuple(self.data.input_shape), self.data.num_classes)
-        except SpaceError as exc:
-            raise SearchError(f"dataset {config.data} does not fit space {config.space}: {exc}") from None
-        budget = ProxyBudget()
-        if config.proxy_steps is not None:
-            budget = dataclasses.replace(budget, steps=config.proxy_steps)
-        self.budget = budget
-        self.prefetcher = ExportPrefetcher(config.fmt)
-        self.teacher_logits = None
-        if config.reward == "kd":
-            from akd_mobile.teachers import cached_logits, load_teacher
-
-            self.teacher_logits = cached_logits(load_teacher(config.teacher), self.data)
+        self.inputs = inputs
+        self.space = inputs.space
+        self.exporter = ExportWorker(config.fmt)
 
     def prefetch(self, archs: list[ArchSpec]) -> None:
         """Start exporting the candidates whose latency the database does not hold."""
@@ -223,15 +243,16 @@ class Evaluator:
         cfg = self.config
         misses = [a for a in archs if stored_latency(a, self.device, self.db, cfg.fmt, cfg.threads) is None]  # type: ignore[arg-type]
         if misses:
-            self.prefetcher.submit(misses)
+            self.exporter.submit(misses)
 
     def close(self) -> None:
-        """Release the background exporter."""
-        self.prefetcher.close()
+        """Stop the background exporter."""
+        self.exporter.close()
 
-    def evaluate(self, arch: ArchSpec) -> CandidateOutcome:
+    def evaluate(self, arch: ArchSpec, on_phase: Callable[[str], None] = lambda phase: None) -> CandidateOutcome:
         """Latency first (a database hit costs nothing, an export failure skips training),
-        then the proxy accuracy. Any failure is recorded, never raised."""
+        then the proxy accuracy. The candidate's own failure is recorded, never raised; the
+        device's or the host's (`errors.stops_the_run`) is raised, to stop the run."""
         from akd_mobile.distill import proxy_score
         from akd_mobile.latency import arch_latency
 
@@ -239,27 +260,31 @@ class Evaluator:
         export_s = measure_s = train_s = 0.0
         try:
             tick = time.perf_counter()
-            self.prefetcher.wait(arch)
+            on_phase("exporting")
+            self.exporter.wait(arch)
             waited_s = time.perf_counter() - tick
             cfg = self.config
+            on_phase("measuring")
             lat = arch_latency(
                 arch, self.device, self.db, fmt=cfg.fmt, threads=cfg.threads,  # type: ignore[arg-type]
                 warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s or 0.0,  # type: ignore[arg-type]
             )
             export_s, measure_s = waited_s + lat.export_s, lat.measure_s
+            on_phase("training")
             score = proxy_score(
-                arch, self.data, self.teacher_logits, self.budget, mode=self.config.reward, seed=self.config.seed,
+                arch, self.inputs.data, self.inputs.teacher_logits, cfg.proxy, mode=cfg.reward, seed=cfg.seed,
                 threads=TRAIN_THREADS,
             )
             train_s = score.train_s + score.eval_s
             latency_ms = lat.result.median_ms
             reward = mnas_reward(score.accuracy, latency_ms, self.reward_config)
         except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded and the search goes on
+            if stops_the_run(exc):
+                raise
             log.warning("candidate %s failed: %s", arch.key, exc)
-            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
             return CandidateOutcome(
                 "failed", params=cost.params, macs=cost.macs, export_s=export_s, measure_s=measure_s,
-                train_s=train_s, error=reason,
+                train_s=train_s, error=_error_line(exc),
             )
         return CandidateOutcome(
             "done", accuracy=score.accuracy, latency_ms=latency_ms, reward=reward, params=cost.params,
@@ -300,6 +325,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def resume_command(run_id: int, db_path: Path) -> str:
+    """The command that continues run `run_id` (naming the database unless it is the default)."""
+    from latency_db.store import default_db_path
+
+    same = Path(db_path).resolve() == default_db_path().resolve()
+    return f"akd-mobile search --resume {run_id}" + ("" if same else f" --db {Path(db_path).resolve()}")
+
+
 def run_search(
     config: SearchConfig | None = None,
     db_path: Path | None = None,
@@ -312,49 +345,95 @@ def run_search(
         config: the search to start; ignored when resuming (the stored one is used).
         db_path: the SQLite file holding latency measurements and runs.
         resume: id of a run to continue from its last checkpoint.
-        on_progress: called after every candidate.
+        on_progress: called after every candidate and at each phase of one.
+
+    Raises:
+        Interrupted: Ctrl-C, SIGTERM or SIGHUP; the run is stored as interrupted.
+        SearchError: the run stopped (the device went away, too many failures in a row);
+            its reason is stored and the message names the resume command.
+        AkdError: bad settings or inputs, found before any run row was written.
     """
-    from devices.profiles import open_device
     from latency_db import open_db
 
     db = open_db(db_path)
     store = RunStore(db)
-    if resume is not None:
-        run = store.get_run(resume)
-        if run.status == "done":
-            raise SearchError(f"run {resume} has finished; nothing to resume")
-        config = SearchConfig(**run.config)
-        run_id = resume
-    else:
-        config = config or SearchConfig()
-        config.validate()
-        config = resolve_device_defaults(config)
-        run_id = store.create_run(dataclasses.asdict(config), versions())
+    run_id: int | None = None
     started = time.monotonic()
-    try:
-        device = open_device(config.device)
-        evaluator = Evaluator(config, db, device)
-        space = evaluator.space
-        strategy = make_strategy(config.strategy, space, config.seed)
-        step, state = store.load_checkpoint(run_id)
-        if state is not None:
-            strategy.load_state_dict(state)
-        store.set_status(run_id, "running")
+    with signals_as_interrupts():
         try:
-            _loop(config, space, store, run_id, step, strategy, evaluator, on_progress)
-        finally:
-            evaluator.close()
-    except KeyboardInterrupt:
-        store.set_status(run_id, "interrupted")
-        raise
-    except AkdError:
-        store.set_status(run_id, "failed")
-        raise
+            if resume is not None:
+                run = store.get_run(resume)
+                if run.status == "done":
+                    raise SearchError(f"run {resume} has finished; nothing to resume")
+                if run.owner != this_owner() and lease_alive(run.owner, run.lease_until):
+                    store.claim(resume, this_owner())  # refuses, naming the live owner
+                config = SearchConfig.from_stored(run.config)
+                device, inputs = _open_checked(config)
+                check_inputs_unchanged(resume, run.inputs, inputs.identity)
+                run_id = resume
+            else:
+                config = with_absolute_paths(config or SearchConfig())
+                config.validate()
+                config = resolve_device_defaults(config)
+                device, inputs = _open_checked(config)
+                run_id = store.create_run(dataclasses.asdict(config), versions(), inputs.identity)
+            with RunLease(store, run_id):
+                _run(config, inputs, db, device, store, run_id, on_progress)
+        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM / SIGHUP through signals_as_interrupts
+            name = signal_name(exc)
+            if run_id is None:
+                raise Interrupted(f"stopped by {name} before the run started; nothing was stored",
+                                  signal_number(exc)) from None
+            store.set_status(run_id, "interrupted", f"stopped by {name}")
+            raise Interrupted(f"run {run_id} stopped by {name}; its state is stored. Continue with: "
+                              f"{resume_command(run_id, db.path)}", signal_number(exc)) from None
+        except Exception as exc:
+            user_error = isinstance(exc, AkdError)
+            if not user_error and not stops_the_run(exc):  # a bug: stored, and its traceback shown
+                if run_id is not None:
+                    store.set_status(run_id, "failed", _error_line(exc))
+                raise
+            reason = " ".join(str(exc).split()) if user_error else _error_line(exc)
+            if run_id is None:
+                if user_error:
+                    raise
+                raise HostError(reason) from exc
+            store.set_status(run_id, "failed", reason)
+            raise SearchError(f"run {run_id} stopped: {reason}. Its state is stored; continue with: "
+                              f"{resume_command(run_id, db.path)}") from None
     store.set_status(run_id, "done")
     return summarize(store, run_id, time.monotonic() - started)
 
 
+def _error_line(exc: BaseException) -> str:
+    """`Type: message` on one line, at most 500 characters (as stored)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+def _open_checked(config: SearchConfig) -> tuple[Any, SearchInputs]:
+    """The config's device (which must answer) and its checked inputs."""
+    from devices.profiles import open_device
+
+    device = open_device(config.device)
+    device.info()
+    return device, load_inputs(config)
+
+
+def _run(config, inputs, db, device, store, run_id, on_progress) -> None:
+    evaluator = Evaluator(config, inputs, db, device)
+    try:
+        strategy = make_strategy(config.strategy, evaluator.space, config.seed)
+        step, state = store.load_checkpoint(run_id)
+        if state is not None:
+            strategy.load_state_dict(state)
+        store.set_status(run_id, "running")
+        _loop(config, evaluator.space, store, run_id, step, strategy, evaluator, on_progress)
+    finally:
+        evaluator.close()
+
+
 def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress) -> None:
+    report = on_progress or (lambda progress: None)
     failures_in_a_row = 0
     while True:
         remaining = config.budget - sum(1 for r in store.candidates(run_id) if r.step <= step)
@@ -375,16 +454,17 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress) 
             if row.status == "pending":
                 arch = space.decode(row.arch)
                 earlier = store.done_with_key(run_id, arch.key)
-                outcome = _reuse(earlier) if earlier else evaluator.evaluate(arch)
+
+                def on_phase(phase: str, key: str = arch.key) -> None:
+                    report(dataclasses.replace(_progress(store, run_id, step, config.budget, None), phase=phase, current=key))
+
+                outcome = _reuse(earlier) if earlier else evaluator.evaluate(arch, on_phase)
                 store.finish(row.id, outcome)
                 failures_in_a_row = failures_in_a_row + 1 if outcome.status == "failed" else 0
                 if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                    raise SearchError(
-                        f"{failures_in_a_row} candidates in a row failed, the last with: {outcome.error}; "
-                        f"fix the cause and continue with --resume {run_id}"
-                    )
-            if on_progress:
-                on_progress(_progress(store, run_id, step, config.budget, row.id))
+                    raise SearchError(f"{failures_in_a_row} candidates in a row failed, the last with: {outcome.error}; "
+                                      "fix the cause")
+            report(_progress(store, run_id, step, config.budget, row.id))
         rows = store.candidates(run_id, step)
         tick = time.perf_counter()
         strategy.update([space.decode(r.arch) for r in rows], [r.reward if r.status == "done" else None for r in rows])
@@ -399,7 +479,7 @@ def _reuse(earlier: CandidateRow) -> CandidateOutcome:
     )
 
 
-def _progress(store: RunStore, run_id: int, step: int, budget: int, last_id: int) -> Progress:
+def _progress(store: RunStore, run_id: int, step: int, budget: int, last_id: int | None) -> Progress:
     rows = [r for r in store.candidates(run_id) if r.status != "pending"]
     done = [r for r in rows if r.status == "done"]
     best = max(done, key=lambda r: r.reward) if done else None

@@ -112,7 +112,7 @@ class StudyConfig:
              f"--ceiling-students must be between 0 and --students, got {self.ceiling_students}"),
             (0 <= self.convergence_students <= self.students,
              f"--convergence-students must be between 0 and --students, got {self.convergence_students}"),
-            (self.variant_steps is None or self.variant_steps >= 1, f"--variant-steps must be at least 1"),
+            (self.variant_steps is None or self.variant_steps >= 1, f"--variant-steps must be at least 1, got {self.variant_steps}"),
             (self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
         ]
         for ok, message in checks:
@@ -371,7 +371,7 @@ def run_study(config: StudyConfig, db: LatencyDB,
     """
     from akd_mobile.data import load_dataset
     from akd_mobile.distill import torch_device
-    from akd_mobile.teachers import cached_logits, evaluate_teacher, load_teacher
+    from akd_mobile.teachers import cached_logits, check_teacher_fits, evaluate_teacher, load_teacher
 
     config.validate()
     torch_device(config.torch_device)
@@ -383,6 +383,8 @@ def run_study(config: StudyConfig, db: LatencyDB,
     teachers = [load_teacher(spec) for spec in config.teachers]
     if len({t.hash for t in teachers}) < len(teachers):
         raise StudyError(f"two of the teachers {', '.join(config.teachers)} are the same file")
+    for t in teachers:
+        check_teacher_fits(t, data, config.torch_device)
     hashes = [t.hash for t in teachers]
     fingerprint = hashlib.sha256(
         json.dumps({"config": config.identity(), "teachers": hashes, "data": data.fingerprint}, sort_keys=True).encode()
@@ -474,9 +476,9 @@ def study_config(*, teachers: tuple[str, ...], budgets: str, proxy_lr: float | N
         steps = tuple(int(b) for b in budgets.split(","))
     except ValueError:
         raise StudyError(f"--budgets must be step counts joined by ',' like 40,80,160, got {budgets!r}") from None
-    overrides = {"lr": proxy_lr, "temperature": proxy_temperature, "alpha": proxy_alpha, "batch_size": proxy_batch_size}
     try:
-        proxy = dataclasses.replace(ProxyBudget(), **{k: v for k, v in overrides.items() if v is not None})
+        proxy = ProxyBudget().override(lr=proxy_lr, temperature=proxy_temperature, alpha=proxy_alpha,
+                                       batch_size=proxy_batch_size)
         full = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
     except Exception as exc:  # DistillError from the settings' own checks
         raise StudyError(str(exc)) from None

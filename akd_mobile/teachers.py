@@ -12,7 +12,9 @@ Files are told apart by their contents, not their names. Every teacher takes the
 normalized float32 NCHW images of `akd_mobile.data` and returns (N, K) logits. A
 teacher's hash is the SHA-256 of its file (of its members' hashes for an ensemble);
 with the data set's fingerprint it keys the on-disk logits cache, so a search runs the
-teacher once per data set and never again.
+teacher once per data set and never again. A teacher must fit the data it teaches: one
+logit per class of the data set (`evaluate_teacher`, `cached_logits`), and an accuracy on
+the validation split clearly above chance (`check_teacher_fits`).
 """
 
 from __future__ import annotations
@@ -272,6 +274,7 @@ class Teacher:
         models: the member models, each mapping a batch of images to (N, K) logits.
         input_shape: (C, H, W) the members were trained on, when known.
         num_classes: classes, when known.
+        trained_on: name of the data set the members were trained on, when known.
     """
 
     spec: str
@@ -279,6 +282,7 @@ class Teacher:
     models: tuple[Callable[[torch.Tensor], torch.Tensor], ...]
     input_shape: tuple[int, int, int] | None = None
     num_classes: int | None = None
+    trained_on: str | None = None
 
     def logits(self, x: torch.Tensor, batch_size: int = 250, device: str = "cpu") -> torch.Tensor:
         """Teacher logits for images `x` (N, C, H, W), averaged over the members, on the CPU.
@@ -333,6 +337,7 @@ def load_teacher(spec: str) -> Teacher:
         return members[0]
     shapes = {m.input_shape for m in members if m.input_shape is not None}
     classes = {m.num_classes for m in members if m.num_classes is not None}
+    sources = {m.trained_on for m in members}
     if len(shapes) > 1 or len(classes) > 1:
         raise TeacherError(f"ensemble {spec!r} mixes teachers of input shapes {shapes} and class counts {classes}")
     digest = hashlib.sha256("ensemble:".encode() + ",".join(sorted(m.hash for m in members)).encode())
@@ -342,6 +347,7 @@ def load_teacher(spec: str) -> Teacher:
         models=tuple(model for m in members for model in m.models),
         input_shape=next(iter(shapes), None),
         num_classes=next(iter(classes), None),
+        trained_on=sources.pop() if len(sources) == 1 else None,
     )
 
 
@@ -459,12 +465,13 @@ def _load_checkpoint(path: Path, spec: str) -> Teacher:
     try:
         shape = tuple(int(v) for v in payload["input_shape"])
         classes = int(payload["num_classes"])
+        trained_on = payload.get("result", {}).get("dataset")
         model = get_recipe(payload["recipe"]).build(shape[0], classes)
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise TeacherError(f"teacher checkpoint {path} is damaged: {_first_line(exc)}") from None
     model.eval().to(memory_format=torch.channels_last)
-    return Teacher(spec, _file_hash(path), (_ChannelsLast(model),), shape, classes)  # type: ignore[arg-type]
+    return Teacher(spec, _file_hash(path), (_ChannelsLast(model),), shape, classes, trained_on)  # type: ignore[arg-type]
 
 
 class _ChannelsLast(nn.Module):
@@ -487,12 +494,78 @@ def teacher_info(path: Path = DEFAULT_TEACHER_INFO) -> dict:
 
 
 def evaluate_teacher(teacher: Teacher, data: Dataset, split: str = "test", device: str = "cpu") -> float:
-    """Top-1 accuracy of `teacher` on a split (`train`, `val` or `test`) of `data`."""
+    """Top-1 accuracy of `teacher` on a split (`train`, `val` or `test`) of `data`.
+
+    Raises:
+        TeacherError: an unknown split, or a teacher for other images or another class count.
+    """
     if split not in ("train", "val", "test"):
         raise TeacherError(f"unknown split {split!r}; use train, val or test")
-    _check_data(teacher, data)
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-    return int((teacher.logits(x, device=device).argmax(1) == y).sum()) / max(1, len(y))
+    return int((_data_logits(teacher, data, x, device).argmax(1) == y).sum()) / max(1, len(y))
+
+
+# A teacher "near chance" is refused: it must close at least this share of the gap from
+# chance to perfect accuracy on the validation split.
+FIT_MARGIN = 0.1
+
+
+def check_teacher_fits(
+    teacher: Teacher, dataset: Dataset, device: str = "cpu", cache_dir: Path | None = None
+) -> float:
+    """Refuse a teacher near chance on `dataset`; return its validation accuracy.
+
+    Chance is the share of the commonest class in the validation split (what always
+    guessing that class scores: 1/K on balanced data, more on skewed data). The teacher
+    needs `chance + FIT_MARGIN * (1 - chance)`: 0.19 for 10 balanced classes, 0.1009 for
+    1000. That refuses only teachers that barely beat guessing, such as one trained on
+    another data set (the built-in Fashion-MNIST teacher scores about 0.10 on digits),
+    while a teacher trained even briefly on the data clears it (one epoch on digits:
+    above 0.3). The accuracy is cached on disk by teacher hash and data set fingerprint,
+    next to the logits cache, so a repeated run does not evaluate again.
+
+    Args:
+        teacher: the teacher (or ensemble).
+        dataset: the data set; the teacher is scored on `val_x`, `val_y`.
+        device: torch device for the teacher's forward passes on a miss.
+        cache_dir: cache root (default: `default_cache_dir()`); entries go in `fit/`.
+
+    Returns:
+        The teacher's top-1 accuracy on the validation split, in [0, 1].
+
+    Raises:
+        TeacherError: a teacher for other images or another class count, or near chance.
+    """
+    path = (cache_dir or default_cache_dir()) / "fit" / f"{teacher.hash}-{dataset.fingerprint}.pt"
+    accuracy = _cached_accuracy(path, teacher, dataset)
+    if accuracy is None:
+        accuracy = evaluate_teacher(teacher, dataset, "val", device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"teacher": teacher.hash, "dataset": dataset.fingerprint, "val_accuracy": accuracy}, path)
+    chance = int(dataset.val_y.bincount().max()) / len(dataset.val_y)
+    needed = chance + FIT_MARGIN * (1.0 - chance)
+    if accuracy < needed:
+        source = f" (trained on {teacher.trained_on})" if teacher.trained_on else ""
+        raise TeacherError(
+            f"teacher {teacher.spec}{source} scores {accuracy:.4f} on the {dataset.name} validation split, "
+            f"near chance (guessing the commonest class scores {chance:.4f}; a teacher needs {needed:.4f}): "
+            f"train one on this data with `akd-mobile teacher train --recipe resnet --data {dataset.name} "
+            "--epochs 10 --out t.pt` and pass `--teacher t.pt`, "
+            "or train without a teacher (search `--reward ce`, distill `--mode ce`)"
+        )
+    return accuracy
+
+
+def _cached_accuracy(path: Path, teacher: Teacher, dataset: Dataset) -> float | None:
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if (entry.get("teacher"), entry.get("dataset")) == (teacher.hash, dataset.fingerprint):
+            return float(entry["val_accuracy"])
+    except Exception as exc:  # a damaged cache entry is recomputed, never fatal
+        log.warning("re-evaluating damaged teacher fit cache entry %s: %s", path, _first_line(exc))
+    return None
 
 
 # ---------------------------------------------------------------- cached logits
@@ -523,7 +596,6 @@ def cached_logits(
     Returns:
         float32 (len(dataset.train_x), num_classes) logits on the CPU.
     """
-    _check_data(teacher, dataset)
     path = (cache_dir or default_cache_dir()) / "logits" / f"{teacher.hash}-{dataset.fingerprint}.pt"
     want = (len(dataset.train_y), dataset.num_classes)
     if path.is_file():
@@ -537,13 +609,21 @@ def cached_logits(
         except Exception as exc:  # a damaged cache entry is recomputed, never fatal
             log.warning("recomputing damaged teacher logits cache entry %s: %s", path, _first_line(exc))
     log.info("computing teacher logits of %s over %d images", teacher.spec, want[0])
-    logits = teacher.logits(dataset.train_x, device=device)
-    if tuple(logits.shape) != want:
-        raise TeacherError(
-            f"teacher {teacher.spec} gives {logits.shape[1]} classes but {dataset.name} has {dataset.num_classes}"
-        )
+    logits = _data_logits(teacher, dataset, dataset.train_x, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save({"teacher": teacher.hash, "dataset": dataset.fingerprint, "logits": logits}, path)
+    return logits
+
+
+def _data_logits(teacher: Teacher, data: Dataset, x: torch.Tensor, device: str) -> torch.Tensor:
+    """The teacher's logits for images `x` of `data`, refused unless one logit per class of `data`."""
+    _check_data(teacher, data)
+    logits = teacher.logits(x, device=device)
+    if len(logits) and logits.shape[1] != data.num_classes:
+        raise TeacherError(
+            f"teacher {teacher.spec} gives {logits.shape[1]} class logits but {data.name} has "
+            f"{data.num_classes} classes; pass a teacher trained on {data.name}"
+        )
     return logits
 
 

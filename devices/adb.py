@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from akd_mobile.errors import DeviceError, ParseError
+from akd_mobile.errors import DeviceError, DeviceUnavailable, ParseError
 from devices.base import RUNTIME_OF_FORMAT, DeviceInfo, LatencyResult
 from devices.local import check_min_time
 from devices.parsers import (
@@ -232,10 +232,11 @@ class Conditions:
 class AdbDevice:
     """A phone or emulator reached through adb-shell."""
 
-    def __init__(self, name: str, settings: AdbSettings, where: str = "") -> None:
+    def __init__(self, name: str, settings: AdbSettings, where: str = "", profile_arg: str = "") -> None:
         self.name = name
         self.settings = settings
         self.where = where or f"device {name}"
+        self.profile_arg = profile_arg or name  # what `devices setup` takes to find the profile
         self.last_conditions: Conditions | None = None
         self._adb: Any = None
         self._verified: dict[str, str] = {}
@@ -246,7 +247,7 @@ class AdbDevice:
     def from_profile(cls, profile: Any) -> AdbDevice:
         """Open the device an `adb` profile describes (see the module docstring)."""
         where = f"device profile {profile.path}"
-        return cls(profile.name, AdbSettings.from_dict(profile.settings, where), where)
+        return cls(profile.name, AdbSettings.from_dict(profile.settings, where), where, profile.argument)
 
     # ------------------------------------------------------------ connection
 
@@ -312,28 +313,28 @@ class AdbDevice:
         except Exception as exc:
             raise self._connect_error(exc, None, False) from exc
 
-    def _connect_error(self, exc: BaseException, key: Path | None, asked_to_accept: bool) -> DeviceError:
+    def _connect_error(self, exc: BaseException, key: Path | None, asked_to_accept: bool) -> DeviceUnavailable:
         text = f"{type(exc).__name__}: {exc}"
         if "BUSY" in text.upper():
-            return DeviceError(
+            return DeviceUnavailable(
                 f"{self.name} ({self.target}) is held by Google's adb server; run `adb kill-server` and retry"
             )
         if "ACCESS" in text.upper() and not self.settings.address:
-            return DeviceError(f"no permission to open USB device {self.target}: add a udev rule for it (plugdev group)")
+            return DeviceUnavailable(f"no permission to open USB device {self.target}: add a udev rule for it (plugdev group)")
         if "NotFound" in type(exc).__name__ or "not found" in text.lower():
-            return DeviceError(f"no USB device {self.target}: plug the phone in and enable USB debugging")
+            return DeviceUnavailable(f"no USB device {self.target}: plug the phone in and enable USB debugging")
         if asked_to_accept:
-            return DeviceError(
+            return DeviceUnavailable(
                 f"{self.name} ({self.target}) did not accept the ADB key {key}: on a phone, accept the "
                 f"'Allow USB debugging' dialog; a loopback daemon must be started with --keys holding {key}.pub"
             )
         if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-            return DeviceError(
+            return DeviceUnavailable(
                 f"{self.target} closed the connection during the ADB handshake: is {self.name}'s address an ADB device?"
             )
         if isinstance(exc, ConnectionRefusedError):
-            return DeviceError(f"nothing listens at {self.target} for {self.name}: start the emulator or daemon, or fix address")
-        return DeviceError(
+            return DeviceUnavailable(f"nothing listens at {self.target} for {self.name}: start the emulator or daemon, or fix address")
+        return DeviceUnavailable(
             f"{self.name} ({self.target}) did not answer within {self.settings.connect_timeout_s:g} s ({text}); "
             "check that it is on, reachable and in ADB mode"
         )
@@ -383,7 +384,7 @@ class AdbDevice:
                 self.close()
                 if attempt < attempts:
                     time.sleep(min(2.0, 0.25 * attempt))
-        raise DeviceError(
+        raise DeviceUnavailable(
             f"{what} on {self.name} ({self.target}) failed after {attempts} attempt(s): {type(last).__name__}: {last}; "
             "check the cable or network and that the device stays awake; nothing was stored"
         )
@@ -472,7 +473,7 @@ class AdbDevice:
         remote = self._tool_remote(local)
         if self._verified.get(remote) != sha:
             if self._sha256(remote) != sha:
-                raise DeviceError(f"{tool.kind} on {self.name} is missing or differs from {local}: run `akd-mobile devices setup {self.name}`")
+                raise DeviceError(f"{tool.kind} on {self.name} is missing or differs from {local}: run `akd-mobile devices setup {shlex.quote(self.profile_arg)}`")
             self._verified[remote] = sha
         return remote, sha
 

@@ -57,6 +57,12 @@ class Profile:
     settings: dict[str, Any] = field(default_factory=dict)
     target_ms: float | None = None
 
+    @property
+    def argument(self) -> str:
+        """What `load_profile` (and a command's device argument) takes for this profile: its
+        name when it is the shipped profile of that name, else its file's path."""
+        return self.name if self.path == PROFILE_DIR / f"{self.name}.toml" else str(self.path)
+
 
 def list_profiles() -> list[Profile]:
     """The shipped profiles that parse, sorted by name (a broken one is logged and left out)."""

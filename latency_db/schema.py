@@ -149,11 +149,46 @@ CREATE TABLE study_trainings (
 );
 """
 
+V5_RUN_OWNERSHIP = """
+-- why a run stopped, what it was started from, and who runs it now (akd_mobile/runs.py)
+ALTER TABLE runs ADD COLUMN reason TEXT;         -- why it failed or stopped; NULL while fine
+ALTER TABLE runs ADD COLUMN inputs_json TEXT;    -- teacher and data: absolute path, hash, fingerprint
+ALTER TABLE runs ADD COLUMN owner TEXT;          -- host:pid of the search holding the lease
+ALTER TABLE runs ADD COLUMN lease_until REAL;    -- the lease lapses then unless renewed
+"""
+
+V6_FINALS = """
+-- a run's finals (akd_mobile/finals.py): its best candidates, and architectures of the
+-- user's own, fully trained with the run's teacher and data, exported and measured
+CREATE TABLE finals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    arch TEXT NOT NULL,
+    arch_key TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('top', 'user')),  -- a run's candidate, or --arch
+    mode TEXT NOT NULL CHECK (mode IN ('kd', 'ce')),
+    epochs INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('trained', 'done', 'failed')),
+    proxy_accuracy REAL,               -- the candidate's proxy score; NULL for --arch
+    test_accuracy REAL,
+    val_accuracy REAL,
+    train_s REAL,
+    weights_sha256 TEXT,               -- of the trained state dict
+    result_json TEXT,                  -- per format: artifact, size, max abs diff, latency statistics
+    error TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (run_id, arch_key, mode, epochs)
+);
+"""
+
 MIGRATIONS: list[str] = [
     V1_LATENCY,
     V2_SEARCH_RUNS,
     V3_MIN_TIME,
     V4_PROXY_STUDIES,
+    V5_RUN_OWNERSHIP,
+    V6_FINALS,
 ]
 
 

@@ -3,7 +3,10 @@
 SQLite in WAL mode with a busy timeout. Every write is one `BEGIN IMMEDIATE` transaction:
 the write lock is taken before anything is read, so concurrent writers queue on the busy
 timeout instead of failing with `database is locked`, and a process killed mid-write
-leaves the last committed state (whole rows only).
+leaves the last committed state (whole rows only). A database that cannot be written
+(file or folder read-only) is a one-line DatabaseError saying so at the first write, or
+at opening when SQLite needs to write even to read (a folder it cannot create the `-shm`
+file in); `open_db(read_only=True)` opens such a database read-only instead.
 
 The file is `$AKD_DB`, else `$XDG_DATA_HOME/akd-mobile/latency.sqlite` (default
 `~/.local/share/akd-mobile/latency.sqlite`).
@@ -24,11 +27,16 @@ from typing import Any, Iterator
 
 from akd_mobile.errors import DatabaseError
 from devices.base import DeviceInfo, LatencyResult
-from latency_db.schema import migrate
+from latency_db.schema import MIGRATIONS, migrate
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 60.0
+# A measurement whose p90 exceeds this many times its median is flagged noisy by `latency
+# query`: on a quiet device p90 stays within some 10-30% of the median, so at 2x a tenth of
+# the runs took twice as long (throttling, a background load, a core switch) and the median
+# itself may be off.
+NOISY_P90_RATIO = 2.0
 FORMATS = ("tflite", "pte")
 # The columns a measurement row is written with, in this order (by `record` and by an import).
 MEASUREMENT_COLUMNS = (
@@ -87,11 +95,18 @@ class Measurement:
     measured_at: str
     result: LatencyResult
 
+    @property
+    def noisy(self) -> bool:
+        """p90 above NOISY_P90_RATIO times the median (False when p90 is unknown)."""
+        p90, median = self.result.p90_ms, self.result.median_ms
+        return p90 is not None and p90 > NOISY_P90_RATIO * median
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form with the statistics flattened in."""
+        """JSON-ready form with the statistics flattened in, and `noisy`."""
         d = asdict(self)
         d.pop("result")
         d.update(self.result.to_dict())
+        d["noisy"] = self.noisy
         return d
 
 
@@ -130,26 +145,34 @@ def default_db_path() -> Path:
     return Path(base).expanduser() / "akd-mobile" / "latency.sqlite"
 
 
-def open_db(path: Path | None = None) -> LatencyDB:
+def open_db(path: Path | None = None, read_only: bool = False) -> LatencyDB:
     """Open (creating and migrating as needed) the latency database at `path` or the default.
 
+    Args:
+        path: the file (default `default_db_path()`).
+        read_only: the caller only reads: a database that cannot be written is then opened
+            read-only (it must be at this code's schema version) instead of failing.
+
     Raises:
-        DatabaseError: a file that is not an SQLite database, an unwritable folder, or a
-            schema newer than this code.
+        DatabaseError: a file that is not an SQLite database, a database or folder that
+            cannot be written (unless `read_only`), or a schema newer than this code.
     """
-    return LatencyDB(Path(path) if path is not None else default_db_path())
+    return LatencyDB(Path(path) if path is not None else default_db_path(), read_only)
 
 
 class LatencyDB:
     """A connection to the latency database; use as a context manager or call `close()`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise DatabaseError(f"cannot open latency database {self.path}: {exc}") from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the folder of latency database {self.path}: {exc}; "
+                                "choose another file with --db or $AKD_DB") from None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         try:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000):d}")
@@ -157,12 +180,49 @@ class LatencyDB:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self.schema_version = migrate(self._conn)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, DatabaseError) as exc:
             self._conn.close()
-            raise DatabaseError(f"{self.path} is not a usable latency database: {exc}") from None
+            cause = exc if isinstance(exc, sqlite3.Error) else exc.__context__  # migrate wraps SQLite's errors
+            unwritable = isinstance(cause, sqlite3.Error) and _unwritable(cause)
+            if unwritable and read_only:
+                self._open_read_only()
+            elif unwritable or isinstance(exc, sqlite3.Error):
+                raise self._error(cause) from None
+            else:
+                raise
+
+    def _open_read_only(self) -> None:
+        """Connect read-only; without a `-wal` file (no commits outside the main file) as
+        immutable, which SQLite can read in a folder it cannot create its `-shm` file in."""
+        wal = self.path.with_name(f"{self.path.name}-wal")
+        uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if wal.exists() else '&immutable=1'}"
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            if version < len(MIGRATIONS):
+                raise DatabaseError(
+                    f"latency database {self.path} is at schema version {version}, older than this akd-mobile "
+                    f"({len(MIGRATIONS)}), and cannot be written to upgrade it: make it and its folder writable once"
+                )
+            self.schema_version = migrate(self._conn)  # reads only: it is at the latest version or newer
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise self._error(exc) from None
         except DatabaseError:
             self._conn.close()
             raise
+        log.info("opened %s read-only: it cannot be written", self.path)
+
+    def _error(self, exc: sqlite3.Error) -> DatabaseError:
+        """The DatabaseError of a failed SQLite call: one that says what to do for a database
+        that cannot be written, else that the file is not a usable database."""
+        if _unwritable(exc):
+            return DatabaseError(
+                f"cannot write the latency database {self.path} ({exc}): make the file and its folder "
+                f"{self.path.parent} writable, or choose another file with --db or $AKD_DB"
+            )
+        return DatabaseError(f"{self.path} is not a usable latency database: {exc}")
 
     def close(self) -> None:
         """Close the connection."""
@@ -176,17 +236,25 @@ class LatencyDB:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (`BEGIN IMMEDIATE`): committed whole on success, else rolled back."""
+        """A write transaction (`BEGIN IMMEDIATE`): committed whole on success, else rolled back.
+
+        Raises:
+            DatabaseError: the database is busy past the timeout, or cannot be written.
+        """
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise DatabaseError(f"latency database {self.path} is busy or read-only: {exc}") from None
+            raise (self._error(exc) if _unwritable(exc) else
+                   DatabaseError(f"latency database {self.path} is busy: {exc}")) from None
         try:
             yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute("COMMIT")
+        except BaseException as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and _unwritable(exc):
+                raise self._error(exc) from None
             raise
-        self._conn.execute("COMMIT")
 
     def lookup(
         self, arch_key: str, fmt: str, device_fingerprint: str, threads: int, runtime_version: str
@@ -222,7 +290,7 @@ class LatencyDB:
         """
         if fmt not in FORMATS:
             raise DatabaseError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-        now = _now()
+        now = timestamp()
         with self.transaction() as conn:
             _upsert_device(conn, device, device_name or device.backend, now)
             if artifact is not None:
@@ -381,5 +449,12 @@ def _measurement(row: sqlite3.Row) -> Measurement:
     )
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+def timestamp(moment: datetime | None = None) -> str:
+    """ISO 8601 UTC text, as the database stores times: of `moment` (aware), default now."""
+    return (moment or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _unwritable(exc: sqlite3.Error) -> bool:
+    """SQLite's errors for a file or folder it cannot write (SQLITE_READONLY*, SQLITE_CANTOPEN)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith("SQLITE_READONLY") or name == "SQLITE_CANTOPEN"

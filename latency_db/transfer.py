@@ -4,58 +4,159 @@ Both formats carry the same flat rows: one per measurement, with its device's an
 artifact's columns alongside (`device_*`, `artifact_*`), so an import can recreate them.
 JSON: `{"schema": "akd-mobile-latency/1", "measurements": [row, ...]}` with
 `samples_ms` a list; CSV: a header and one line per row, `samples_ms`, `device_info` and
-`artifact_arch` as JSON text. An import merges in one transaction: measurements whose
-`uid` is already present are skipped, device and artifact rows already present are kept.
+`artifact_arch` as JSON text. An import checks every value's type and range, and the
+order of each row's statistics, before it writes anything: one bad value and nothing is
+imported. It then merges in one transaction: measurements whose `uid` is already present
+are skipped, device and artifact rows already present are kept.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import math
+import re
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from akd_mobile.errors import DatabaseError
-from latency_db.store import FORMATS, LatencyDB, insert_measurement_sql
+from latency_db.store import FORMATS, LatencyDB, insert_measurement_sql, timestamp
 
 SCHEMA = "akd-mobile-latency/1"
 
-_INT, _FLOAT, _TEXT = int, float, str
-# column -> (type, required)
-COLUMNS: dict[str, tuple[Callable[[Any], Any], bool]] = {
-    "uid": (_TEXT, True),
-    "arch_key": (_TEXT, False),
-    "format": (_TEXT, True),
-    "device_fingerprint": (_TEXT, True),
-    "device_name": (_TEXT, True),
-    "device_backend": (_TEXT, True),
-    "device_model": (_TEXT, True),
-    "device_soc": (_TEXT, True),
-    "device_abi": (_TEXT, True),
-    "device_cores": (_INT, True),
-    "device_info": (_TEXT, True),
-    "artifact_sha256": (_TEXT, False),
-    "artifact_size_bytes": (_INT, False),
-    "artifact_arch": (_TEXT, False),
-    "runtime_version": (_TEXT, True),
-    "converter_version": (_TEXT, False),
-    "threads": (_INT, True),
-    "warmup": (_INT, True),
-    "runs": (_INT, True),
-    "min_time_s": (_FLOAT, False),
-    "median_ms": (_FLOAT, True),
-    "mean_ms": (_FLOAT, True),
-    "std_ms": (_FLOAT, True),
-    "min_ms": (_FLOAT, True),
-    "max_ms": (_FLOAT, True),
-    "p90_ms": (_FLOAT, False),
-    "samples_ms": (_TEXT, True),
-    "thermal": (_TEXT, False),
-    "measured_at": (_TEXT, True),
+class _Bad(ValueError):
+    """What is wrong with one value; the message follows the column's name."""
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text(value: Any, from_csv: bool) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _fmt(value: Any, from_csv: bool) -> str:
+    if value not in FORMATS:
+        raise _Bad(f"must be one of {', '.join(FORMATS)}, got {_show(value)}")
+    return value
+
+
+def _sha256(value: Any, from_csv: bool) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise _Bad(f"must be 64 lowercase hex digits, got {_show(value)}")
+    return value
+
+
+def _count(minimum: int) -> Callable[[Any, bool], int]:
+    def parse(value: Any, from_csv: bool) -> int:
+        if from_csv and isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"must be a whole number, got {_show(value)}")
+        if value < minimum:
+            raise _Bad(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(value: Any, from_csv: bool) -> float:
+    """A finite number >= 0 (milliseconds, seconds)."""
+    if from_csv and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f"must be a number, got {_show(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise _Bad(f"must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _samples(value: Any, from_csv: bool) -> str:
+    """JSON text of a list of finite numbers >= 0 (a list in JSON, its JSON text in CSV)."""
+    samples = value
+    if from_csv and isinstance(value, str):
+        try:
+            samples = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    try:
+        if not isinstance(samples, list):
+            raise _Bad("not a list")
+        return json.dumps([_number(v, False) for v in samples])
+    except _Bad:
+        raise _Bad(f"must be a list of finite numbers >= 0, got {_show(value)}") from None
+
+
+def _json_object(value: Any, from_csv: bool) -> str:
+    """JSON text of an object (the text itself, or in JSON input also the object)."""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise _Bad(f"must be a JSON object, got {_show(value)}")
+    return value
+
+
+def _timestamp(value: Any, from_csv: bool) -> str:
+    """An ISO 8601 time with a zone, stored as the database writes its own (UTC)."""
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _Bad(f"must be an ISO 8601 time with a zone, such as 2026-01-31T12:00:00+00:00; got {_show(value)}")
+    return timestamp(moment)
+
+
+# column -> (parser, required); a parser takes the file's value (text in CSV) and returns
+# what is stored, or raises _Bad.
+COLUMNS: dict[str, tuple[Callable[[Any, bool], Any], bool]] = {
+    "uid": (_text, True),
+    "arch_key": (_text, False),
+    "format": (_fmt, True),
+    "device_fingerprint": (_text, True),
+    "device_name": (_text, True),
+    "device_backend": (_text, True),
+    "device_model": (_text, True),
+    "device_soc": (_text, True),
+    "device_abi": (_text, True),
+    "device_cores": (_count(1), True),
+    "device_info": (_json_object, True),
+    "artifact_sha256": (_sha256, False),
+    "artifact_size_bytes": (_count(1), False),
+    "artifact_arch": (_json_object, False),
+    "runtime_version": (_text, True),
+    "converter_version": (_text, False),
+    "threads": (_count(1), True),
+    "warmup": (_count(0), True),
+    "runs": (_count(1), True),
+    "min_time_s": (_number, False),
+    "median_ms": (_number, True),
+    "mean_ms": (_number, True),
+    "std_ms": (_number, True),
+    "min_ms": (_number, True),
+    "max_ms": (_number, True),
+    "p90_ms": (_number, False),
+    "samples_ms": (_samples, True),
+    "thermal": (_text, False),
+    "measured_at": (_timestamp, True),
 }
+
 
 _EXPORT_SQL = """
 SELECT m.uid, m.arch_key, m.format, m.device_fingerprint, d.name AS device_name,
@@ -108,10 +209,11 @@ def import_measurements(db: LatencyDB, path: Path) -> ImportResult:
     """Merge the measurements of a CSV or JSON export into `db`, skipping ones it has.
 
     Raises:
-        DatabaseError: a missing or malformed file (nothing is imported then).
+        DatabaseError: a missing or malformed file, or a bad value in any row (its line or
+            row, column and what is wrong); nothing is imported then.
     """
-    rows = _read(Path(path))
-    clean = [_clean(row, i) for i, row in enumerate(rows, start=1)]
+    from_csv, rows = _read(Path(path))
+    clean = [_clean(row, where, from_csv) for where, row in rows]
     try:
         added = _merge(db, clean)
     except sqlite3.IntegrityError as exc:
@@ -149,7 +251,8 @@ def _merge(db: LatencyDB, clean: list[dict[str, Any]]) -> int:
     return added
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def _read(path: Path) -> tuple[bool, list[tuple[str, Any]]]:
+    """Whether the file is CSV, and its rows, each with where it is (`PATH line N`, `PATH row N`)."""
     if not path.is_file():
         raise DatabaseError(f"import file {path} does not exist")
     try:
@@ -157,48 +260,42 @@ def _read(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatabaseError(f"cannot read {path}: {exc}") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        missing = {name for name, (_, required) in COLUMNS.items() if required} - set(rows[0]) if rows else set()
-        if missing:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(f"{path} line {reader.line_num}", row) for row in reader]
+        missing = {name for name, (_, required) in COLUMNS.items() if required} - set(reader.fieldnames or ())
+        if rows and missing:
             raise DatabaseError(f"{path} is not a latency export: missing column(s) {', '.join(sorted(missing))}")
-        return rows
+        return True, rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatabaseError(f"{path} is neither a .csv nor a JSON latency export: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("measurements"), list):
         raise DatabaseError(f"{path} is not a latency export (expected schema {SCHEMA!r})")
-    return data["measurements"]
+    return False, [(f"{path} row {i}", row) for i, row in enumerate(data["measurements"], start=1)]
 
 
-def _clean(row: Any, line: int) -> dict[str, Any]:
-    """Typed values of one exported row; DatabaseError naming the row and column otherwise."""
+def _clean(row: Any, where: str, from_csv: bool) -> dict[str, Any]:
+    """The stored values of one exported row; DatabaseError naming where, the column and the fault."""
     if not isinstance(row, dict):
-        raise DatabaseError(f"row {line} of the import is not an object")
+        raise DatabaseError(f"{where} is not an object; nothing was imported")
     out: dict[str, Any] = {}
-    for name, (kind, required) in COLUMNS.items():
+    for name, (parse, required) in COLUMNS.items():
         value = row.get(name)
         if value is None or value == "":
             if required:
-                raise DatabaseError(f"row {line} of the import lacks {name}")
+                raise DatabaseError(f"{where} lacks {name}; nothing was imported")
             out[name] = None
             continue
-        if name == "samples_ms" and isinstance(value, list):
-            value = json.dumps(value)
         try:
-            out[name] = kind(value)
-        except (TypeError, ValueError):
-            raise DatabaseError(f"row {line} of the import: {name} = {value!r} is not a {kind.__name__}") from None
-        if kind is _FLOAT and not math.isfinite(out[name]):
-            raise DatabaseError(f"row {line} of the import: {name} is not a finite number")
-    if out["format"] not in FORMATS:
-        raise DatabaseError(f"row {line} of the import: unknown format {out['format']!r}")
-    if out["min_time_s"] is not None and out["min_time_s"] < 0:
-        raise DatabaseError(f"row {line} of the import: min_time_s is negative")
-    try:
-        samples = json.loads(out["samples_ms"])
-    except json.JSONDecodeError:
-        samples = None
-    if not isinstance(samples, list):
-        raise DatabaseError(f"row {line} of the import: samples_ms is not a list of numbers")
+            out[name] = parse(value, from_csv)
+        except _Bad as exc:
+            raise DatabaseError(f"{where}: {name} {exc}; nothing was imported") from None
+    order = [(name, out[name]) for name in ("min_ms", "median_ms", "p90_ms", "max_ms") if out[name] is not None]
+    for (low, x), (high, y) in itertools.pairwise(order):
+        if x > y:
+            raise DatabaseError(f"{where}: {low} {x:g} is above {high} {y:g}; nothing was imported")
+    if not out["min_ms"] <= out["mean_ms"] <= out["max_ms"]:
+        raise DatabaseError(f"{where}: mean_ms {out['mean_ms']:g} is outside min_ms .. max_ms "
+                            f"({out['min_ms']:g} .. {out['max_ms']:g}); nothing was imported")
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from akd_mobile.errors import DeviceError, ParseError
+from akd_mobile.errors import DeviceError, DeviceUnavailable, ParseError
 from devices.adb import AdbDevice, AdbSettings
 from devices.adb_keys import generate_key, load_signer, public_key_line
 from devices.manage import check_model
@@ -212,7 +212,7 @@ def test_connection_killed_mid_measurement_is_retried_then_reported(served, key:
     proxy = KillingProxy(served.port, b"--graph=")
     dev = loopback_device(proxy.port, key, retries=2)
     with _db(tmp_path) as db:
-        with pytest.raises(DeviceError, match="failed after 3 attempt"):
+        with pytest.raises(DeviceUnavailable, match="failed after 3 attempt"):
             measure_file(tiny_tflite, dev, db, threads=1, warmup=1, runs=3)
         assert db.stats().measurements == 0
     assert proxy.kills == 3
@@ -220,13 +220,13 @@ def test_connection_killed_mid_measurement_is_retried_then_reported(served, key:
 
 
 def test_connection_killed_once_is_retried(served, key: Path, tiny_tflite: Path, tmp_path: Path) -> None:
-    from akd_mobile.latency import measure_file
+    from akd_mobile.latency import measure_file, store_measurement
 
     loopback_device(served.port, key).setup()
     proxy = KillingProxy(served.port, b"--graph=", kills=1)
     dev = loopback_device(proxy.port, key)
     with _db(tmp_path) as db:
-        out = measure_file(tiny_tflite, dev, db, threads=1, warmup=1, runs=3)
+        out = store_measurement(db, measure_file(tiny_tflite, dev, db, threads=1, warmup=1, runs=3))
         assert out.result.count == 3
         assert db.stats().measurements == 1
     assert dev.last_conditions.attempts == 2
@@ -237,14 +237,14 @@ def test_device_that_never_answers_times_out(key: Path) -> None:
     silent = SilentServer()
     dev = loopback_device(silent.port, key, connect_timeout_s=0.5)
     start = time.monotonic()
-    with pytest.raises(DeviceError, match=r"did not answer within 0.5 s"):
+    with pytest.raises(DeviceUnavailable, match=r"did not answer within 0.5 s"):
         dev.info()
     assert time.monotonic() - start < 5
     silent.close()
 
 
 def test_nothing_listening(key: Path) -> None:
-    with pytest.raises(DeviceError, match="nothing listens"):
+    with pytest.raises(DeviceUnavailable, match="nothing listens"):
         loopback_device(free_port(), key).info()
 
 

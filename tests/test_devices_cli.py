@@ -83,6 +83,24 @@ def test_device_errors_are_one_line(tmp_path: Path) -> None:
     one_line_error(run("devices", "info", str(bad)), "threads >= 1")
 
 
+@pytest.mark.parametrize("by", ["path", "name"])
+def test_check_before_setup_suggests_the_setup_command_that_works(tmp_path: Path, monkeypatch, by: str) -> None:
+    import shlex
+
+    from devices import profiles
+
+    monkeypatch.setattr(profiles, "PROFILE_DIR", tmp_path / "profiles")
+    folder = tmp_path / ("profiles" if by == "name" else "my profiles")
+    folder.mkdir()
+    key = make_key(tmp_path / "keys")
+    with daemon(tmp_path / "root", key) as d:
+        path = profile_toml(folder / "phone.toml", d.port, key)
+        arg = "phone" if by == "name" else str(path)
+        one_line_error(run("devices", "check", arg), f"run `akd-mobile devices setup {shlex.quote(arg)}`")
+        assert run("devices", "setup", arg).exit_code == 0
+        assert run("devices", "check", arg).exit_code == 0
+
+
 def test_keygen(tmp_path: Path) -> None:
     target = tmp_path / "akd" / "adbkey"
     result = run("devices", "keygen", "--path", str(target), "--json")

@@ -215,11 +215,9 @@ def test_the_distill_command_trains_saves_and_reports(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_the_distill_command_distils_from_a_teacher_file(tmp_path):
-    from torch import nn
+    from teacher_support import linear_digits_teacher
 
-    torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
-    torch.jit.save(torch.jit.trace(teacher, torch.zeros(2, 1, 28, 28)), tmp_path / "teacher.ts")
+    linear_digits_teacher(tmp_path / "teacher.ts", epochs=1)
     result = CliRunner().invoke(
         cli.cli,
         ["distill", CHEAP, "--teacher", str(tmp_path / "teacher.ts"), "--data", "digits", "--epochs", "1",
@@ -228,6 +226,19 @@ def test_the_distill_command_distils_from_a_teacher_file(tmp_path):
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)
     assert row["mode"] == "kd" and row["teacher"] == str(tmp_path / "teacher.ts") and row["epochs"] == 1
+
+
+def test_the_distill_command_refuses_a_teacher_near_chance_before_training(tmp_path, digits):
+    from akd_mobile.teachers import evaluate_teacher, load_teacher
+
+    measured = evaluate_teacher(load_teacher("default"), digits, "val")
+    out = tmp_path / "student.pt"
+    result = CliRunner().invoke(cli.cli, ["distill", CHEAP, "--data", "digits", "--epochs", "1", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: teacher default (trained on fashion-mnist)")
+    assert f"scores {measured:.4f} on the digits validation split, near chance" in lines[0]
+    assert "--teacher t.pt" in lines[0] and not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -311,8 +311,8 @@ def test_bad_import_files_import_nothing(tmp_path):
     (tmp_path / "short.csv").write_text("uid,format\nabc,tflite\n")
     (tmp_path / "notjson.json").write_text("{")
     with open_db(tmp_path / "b.sqlite") as b:
-        for name, message in [("broken.json", "row 2 of the import: threads = 'many' is not a int"),
-                              ("negative.json", "row 1 of the import: min_time_s is negative"),
+        for name, message in [("broken.json", "broken.json row 2: threads must be a whole number, got 'many'"),
+                              ("negative.json", "negative.json row 1: min_time_s must be a finite number >= 0, got -1"),
                               ("other.json", "not a latency export"), ("short.csv", "missing column"),
                               ("notjson.json", "neither a .csv nor a JSON"), ("absent.csv", "does not exist")]:
             with pytest.raises(DatabaseError, match=message):

@@ -1,25 +1,20 @@
-"""The search loop end to end on digits with the local device, resume after kill -9, bad options."""
+"""The search loop end to end on digits with the local device, and bad options (signals and
+kill -9: test_search_signals.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from akd_mobile.distill import ProxyBudget
 from akd_mobile.runs import RunStore
 from akd_mobile.search import SearchConfig, run_search
 from cli import cli
 from latency_db import open_db
 
-TINY = dict(data="digits", budget=4, batch=2, proxy_steps=20, target_ms=0.25, runs=5, warmup=1)
+TINY = dict(data="digits", budget=4, batch=2, proxy=ProxyBudget(steps=20), target_ms=0.25, runs=5, warmup=1)
 
 
 @pytest.fixture(scope="module")
@@ -79,48 +74,11 @@ def test_tiny_search_through_the_loopback_phone(tmp_path, digits_teacher):
 
 
 @pytest.mark.slow
-def test_ce_reward_needs_no_teacher(tmp_path):
-    summary = run_search(SearchConfig(**{**TINY, "budget": 2}, reward="ce", teacher="/nonexistent.pt2"), tmp_path / "db.sqlite")
-    assert summary.evaluated == 2
-
-
-@pytest.mark.slow
-def test_resume_after_kill_loses_nothing_and_repeats_nothing(tmp_path):
-    db = tmp_path / "akd.sqlite"
-    args = [
-        sys.executable, "-m", "cli", "search", "--data", "digits", "--reward", "ce", "--budget", "8", "--batch", "2",
-        "--proxy-steps", "20", "--target-ms", "0.25", "--strategy", "evolution", "--db", str(db), "--json",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    done_before: dict[int, float] = {}
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if db.exists():
-                try:
-                    conn = sqlite3.connect(db, timeout=5)
-                    done_before = dict(conn.execute("SELECT id, finished_at FROM candidates WHERE status != 'pending'").fetchall())
-                    conn.close()
-                except sqlite3.OperationalError:
-                    continue
-            if len(done_before) >= 3:
-                break
-        assert proc.poll() is None, "the search ended before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert len(done_before) >= 3
-    result = CliRunner().invoke(cli, ["search", "--resume", "1", "--db", str(db), "--json"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["status"] == "done"
-    rows = _rows(db, 1)
-    assert len(rows) == 8
-    assert sorted((r.step, r.slot) for r in rows) == [(s, k) for s in range(1, 5) for k in range(2)]
-    assert all(r.status != "pending" for r in rows)
-    after = {r.id: r.finished_at for r in rows}
-    assert all(after[i] == t for i, t in done_before.items()), "a finished candidate was evaluated again"
+def test_ce_reward_needs_no_teacher_and_a_batch_larger_than_the_data_takes_all_of_it(tmp_path):
+    whole_split = ProxyBudget(steps=5, batch_size=5000)  # digits: 1,617 training images
+    config = SearchConfig(**{**TINY, "budget": 2, "proxy": whole_split}, reward="ce", teacher="/nonexistent.pt2")
+    summary = run_search(config, tmp_path / "db.sqlite")
+    assert summary.evaluated == 2, summary
 
 
 @pytest.mark.parametrize(

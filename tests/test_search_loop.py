@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 
 import akd_mobile.search as search_module
-from akd_mobile.errors import SearchError
+from akd_mobile.errors import Interrupted, SearchError
 from akd_mobile.reward import RewardConfig, mnas_reward
 from akd_mobile.runs import CandidateOutcome, RunStore
-from akd_mobile.search import SearchConfig, run_search
+from akd_mobile.search import SearchConfig, SearchInputs, run_search
 from akd_mobile.space import get_space
 from latency_db import open_db
 
 SPACE = get_space("mnasnet-small")
+FAKE_INPUTS = SearchInputs(None, SPACE, None, {"data": {"spec": "fashion-mnist", "fingerprint": "f" * 16}})
 
 
 class FakeEvaluator:
@@ -24,7 +25,7 @@ class FakeEvaluator:
     fail_keys: set[str] = set()
     interrupt_at: int | None = None
 
-    def __init__(self, config, db, device):
+    def __init__(self, config, inputs, db, device):
         self.space = SPACE
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)
 
@@ -34,7 +35,7 @@ class FakeEvaluator:
     def close(self):
         pass
 
-    def evaluate(self, arch):
+    def evaluate(self, arch, on_phase=lambda phase: None):
         calls = type(self).calls
         if type(self).interrupt_at is not None and len(calls) == type(self).interrupt_at:
             type(self).interrupt_at = None
@@ -56,6 +57,7 @@ def fake(monkeypatch):
     FakeEvaluator.fail_keys = set()
     FakeEvaluator.interrupt_at = None
     monkeypatch.setattr(search_module, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(search_module, "load_inputs", lambda config: FAKE_INPUTS)
     return FakeEvaluator
 
 
@@ -96,10 +98,11 @@ def test_failed_candidates_are_recorded_and_the_search_goes_on(fake, tmp_path):
 
 def test_many_failures_in_a_row_stop_the_search_resumably(fake, tmp_path, monkeypatch):
     db = tmp_path / "db.sqlite"
-    monkeypatch.setattr(FakeEvaluator, "evaluate", lambda self, arch: CandidateOutcome("failed", error="DeviceError: phone gone"))
-    with pytest.raises(SearchError, match=r"5 candidates in a row failed.*phone gone.*--resume 1"):
+    monkeypatch.setattr(FakeEvaluator, "evaluate", lambda self, arch, on_phase: CandidateOutcome("failed", error="DeviceError: phone gone"))
+    with pytest.raises(SearchError, match=r"run 1 stopped: 5 candidates in a row failed.*phone gone.*--resume 1"):
         run_search(CONFIG, db)
-    assert RunStore(open_db(db)).get_run(1).status == "failed"
+    run = RunStore(open_db(db)).get_run(1)
+    assert run.status == "failed" and "phone gone" in run.reason
 
 
 def test_a_repeated_arch_is_reused_not_evaluated_again(fake, tmp_path, monkeypatch):
@@ -139,8 +142,9 @@ def test_interrupted_search_resumes_without_loss_or_repeats(fake, tmp_path):
     db = tmp_path / "db.sqlite"
     fake.calls = []
     fake.interrupt_at = 6  # the 7th evaluation is interrupted: step 2, slot 2
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match=r"run 1 stopped by SIGINT.*--resume 1") as stopped:
         run_search(CONFIG, db)
+    assert stopped.value.exit_code == 130
     before = {r.id: r.finished_at for r in rows(db, 1) if r.status == "done"}
     assert len(before) == 6 and RunStore(open_db(db)).get_run(1).status == "interrupted"
     fake.prefetched = []

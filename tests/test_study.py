@@ -13,16 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
 
 import cli
-from akd_mobile.data import load_dataset
-from akd_mobile.distill import TrainConfig, fit
 from akd_mobile.errors import StudyError
 from akd_mobile.space import get_space
 from akd_mobile.study import StudyConfig, plan_jobs, select_students, study_config
+from teacher_support import linear_digits_teacher
 
 SPACE = get_space("mnasnet-small")
 VENV_CLI = Path(sys.executable).with_name("akd-mobile")
@@ -74,6 +71,7 @@ def test_bad_options_are_study_errors(fields, message):
     (["--budgets", "80,40"], "--budgets must be strictly increasing"),
     (["--teacher", "no-such-teacher.pt2"], "no such file"),
     (["--teacher", "default", "--teacher", "default"], "teachers are repeated"),
+    (["--teacher", "default"], "teacher default (trained on fashion-mnist) scores"),
     (["--space", "mnasnet-imagenet"], "does not fit space"),
 ])
 def test_the_cli_refuses_bad_options_in_one_line_with_exit_2_and_stores_nothing(tmp_path, args, message):
@@ -94,17 +92,6 @@ def test_show_of_an_unknown_study_is_a_one_line_error(tmp_path):
 # ---------------------------------------------------------------- a tiny study on digits
 
 
-def _linear_teacher(path: Path, seed: int) -> None:
-    """A torch.export logistic regression on digits' pixels: a real teacher, trained in a second."""
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
-    fit(model, data, None, TrainConfig(epochs=3, batch_size=64, lr=0.05), seed=seed)
-    batch = torch.export.Dim("batch")
-    program = torch.export.export(model.eval(), (data.val_x[:4],), dynamic_shapes={"input": {0: batch}})
-    torch.export.save(program, str(path))
-
-
 def _rows(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT id, student, kind, mode, teacher, budget, seed, finished_at "
@@ -114,7 +101,7 @@ def _rows(db: Path) -> list[tuple]:
 @pytest.mark.slow
 def test_a_study_killed_with_sigkill_resumes_with_nothing_trained_twice(tmp_path):
     for seed in (0, 1):
-        _linear_teacher(tmp_path / f"t{seed}.pt", seed)
+        linear_digits_teacher(tmp_path / f"t{seed}.pt", seed)
     db = tmp_path / "study.sqlite"
     args = [str(VENV_CLI), "proxy", "study", "--data", "digits", "--teacher", str(tmp_path / "t0.pt"),
             "--teacher", str(tmp_path / "t1.pt"), "--students", "4", "--bins", "2", "--budgets", "4,8",

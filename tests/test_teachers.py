@@ -7,11 +7,12 @@ import zipfile
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
 import cli
-from akd_mobile.data import FASHION_MNIST_DIR, load_dataset
+from akd_mobile.data import FASHION_MNIST_DIR, Dataset, load_dataset
 from akd_mobile.errors import TeacherError
 from akd_mobile.teachers import (
     DEFAULT_TEACHER,
@@ -19,6 +20,8 @@ from akd_mobile.teachers import (
     Teacher,
     TeacherTrainResult,
     cached_logits,
+    check_teacher_fits,
+    evaluate_teacher,
     load_teacher,
     save_teacher,
     teacher_info,
@@ -235,3 +238,98 @@ def test_the_built_in_teacher_classifies_fashion_mnist():
     teacher = load_teacher("default")
     accuracy = float((teacher.logits(data.test_x[:1000]).argmax(1) == data.test_y[:1000]).float().mean())
     assert accuracy >= 0.88
+
+
+# ---------------------------------------------------------------- a teacher must fit its data
+
+
+def _five_classes(tmp_path, kind: str) -> str:
+    """A 5-class teacher file that does not declare its class count."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 5)).eval()
+    if kind == "export":
+        program = torch.export.export(model, (_x(2),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, tmp_path / "five.pt2")
+        return str(tmp_path / "five.pt2")
+    torch.jit.save(torch.jit.trace(model, _x(2)), tmp_path / "five.ts")
+    return str(tmp_path / "five.ts")
+
+
+@pytest.mark.parametrize("kind", ["export", "torchscript"])
+def test_teacher_eval_refuses_a_teacher_of_another_class_count(tmp_path, kind):
+    spec = _five_classes(tmp_path, kind)
+    assert load_teacher(spec).num_classes is None
+    result = CliRunner().invoke(cli.cli, ["teacher", "eval", spec, "--data", "digits", "--split", "val"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gives 5 class logits but digits has 10 classes" in lines[0]
+
+
+def test_every_use_of_the_logits_refuses_another_class_count(tmp_path, digits):
+    teacher = Teacher("five", "f1ve", (nn.Sequential(nn.Flatten(), nn.Linear(784, 5)).eval(),))
+    for use in (lambda: evaluate_teacher(teacher, digits, "test"), lambda: cached_logits(teacher, digits, tmp_path),
+                lambda: check_teacher_fits(teacher, digits, cache_dir=tmp_path)):
+        with pytest.raises(TeacherError, match="gives 5 class logits"):
+            use()
+    assert not (tmp_path / "logits").exists() and not (tmp_path / "fit").exists()
+
+
+def _labelled(labels: list[int], classes: int) -> Dataset:
+    """A data set whose images are their labels, so a teacher can read them off (1x1x1 images)."""
+    y = torch.tensor(labels)
+    x = y.float().view(-1, 1, 1, 1)
+    return Dataset("labelled", (1, 1, 1), classes, x, y, x, y, x, y, f"labelled-{classes}-{len(labels)}")
+
+
+def _right_on(share: float, classes: int):
+    """A teacher right on the first `share` of the classes, one class off on the rest."""
+    def model(x):
+        y = x.flatten().long()
+        return F.one_hot(torch.where(y < share * classes, y, (y + 1) % classes), classes).float()
+    return model
+
+
+@pytest.mark.parametrize("labels, classes, share, fits", [
+    (list(range(10)) * 10, 10, 0.2, True),  # 0.2 >= 0.1 + 0.1 * 0.9
+    (list(range(10)) * 10, 10, 0.1, False),
+    (list(range(1000)), 1000, 0.11, True),  # 0.11 >= 0.001 + 0.1 * 0.999
+    (list(range(1000)), 1000, 0.09, False),
+    ([0] * 90 + [1] * 10, 2, 0.5, False),  # always "0": 0.9, no better than guessing the commonest class
+])
+def test_near_chance_is_one_rule_for_few_many_and_skewed_classes(tmp_path, labels, classes, share, fits):
+    data = _labelled(labels, classes)
+    teacher = Teacher("t", f"right-{share}", (_right_on(share, classes),))
+    if fits:
+        assert check_teacher_fits(teacher, data, cache_dir=tmp_path) >= share - 0.01
+    else:
+        with pytest.raises(TeacherError, match="near chance"):
+            check_teacher_fits(teacher, data, cache_dir=tmp_path)
+
+
+def test_the_fit_check_evaluates_once_per_teacher_and_data_set(tmp_path, digits):
+    counting = _Counting()
+    teacher = Teacher("counting", "fit0", (counting,))
+    with pytest.raises(TeacherError, match="near chance"):
+        check_teacher_fits(teacher, digits, cache_dir=tmp_path)
+    calls = counting.calls
+    with pytest.raises(TeacherError, match="near chance"):  # refused again from the cached accuracy
+        check_teacher_fits(teacher, digits, cache_dir=tmp_path)
+    assert counting.calls == calls > 0
+
+
+def test_teacher_list_shows_the_built_in_teacher_first_with_its_data_set():
+    runner = CliRunner()
+    text = runner.invoke(cli.cli, ["teacher", "list"])
+    assert text.exit_code == 0, text.output
+    first = text.stdout.splitlines()[0]
+    assert first.startswith("default ") and "fashion-mnist" in first and "resnet" in first
+    rows = json.loads(runner.invoke(cli.cli, ["teacher", "list", "--json"]).stdout)
+    assert rows[0] | {"description": ""} == {
+        "name": "default", "kind": "teacher", "recipe": "resnet", "dataset": "fashion-mnist",
+        "test_accuracy": teacher_info()["test_accuracy"], "params": teacher_info()["params"], "description": ""}
+    assert [r["name"] for r in rows[1:]] == list(RECIPES) and {r["kind"] for r in rows[1:]} == {"recipe"}
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_the_built_in_teacher_fits_fashion_mnist(tmp_path):
+    accuracy = check_teacher_fits(load_teacher("default"), load_dataset("fashion-mnist"), cache_dir=tmp_path)
+    assert accuracy == pytest.approx(teacher_info()["val_accuracy"], abs=1e-4)

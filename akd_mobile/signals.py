@@ -1,0 +1,52 @@
+"""SIGTERM and SIGHUP handled like Ctrl-C: what `timeout`, job schedulers and a closed ssh
+session send stops long work through the same path that stores its state."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class SignalStop(KeyboardInterrupt):
+    """A SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise `SignalStop` in the main thread; a second
+    one while the first is handled is ignored. Off the main thread nothing changes (Python
+    lets only the main thread set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise SignalStop(signum)
+
+    saved = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def signal_number(exc: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM or SIGHUP for a `SignalStop`, else SIGINT."""
+    return getattr(exc, "signum", signal.SIGINT)
+
+
+def signal_name(exc: KeyboardInterrupt) -> str:
+    """`SIGINT (Ctrl-C)`, `SIGTERM` or `SIGHUP`."""
+    number = signal_number(exc)
+    return "SIGINT (Ctrl-C)" if number == signal.SIGINT else signal.Signals(number).name
