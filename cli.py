@@ -11,6 +11,7 @@ import click
 
 from akd_mobile import __version__
 from akd_mobile.errors import AkdError, Interrupted
+from akd_mobile.finals import FinalizeConfig
 
 
 class AkdGroup(click.Group):
@@ -242,8 +243,8 @@ def runs_delete(run_id, db_path):
     from akd_mobile.runs import RunStore
     from latency_db import open_db
 
-    n = RunStore(open_db(db_path)).delete_run(run_id)
-    click.echo(f"deleted run {run_id} and its {n} candidates")
+    candidates, finals = RunStore(open_db(db_path)).delete_run(run_id)
+    click.echo(f"deleted run {run_id}, its {candidates} candidates and {finals} finals (their files stay)")
 
 
 @runs.command("show")
@@ -673,21 +674,26 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
 @click.argument("run_id", type=int)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the trained weights, the .tflite/.pte models and manifest.json.")
-@click.option("--top", type=int, default=3, show_default=True, help="The run's best candidates to finalize.")
+@click.option("--top", type=int, default=FinalizeConfig.top, show_default=True, help="The run's best candidates to finalize.")
 @click.option("--arch", "archs", multiple=True, help="An architecture of your own to train and measure alike (repeatable).")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Full training epochs (cosine schedule).")
+@click.option("--epochs", type=int, default=FinalizeConfig.epochs, show_default=True,
+              help="Full training epochs (cosine schedule).")
+@click.option("--mode", type=click.Choice(["kd", "ce"]), default=None,
+              help="Train with the teacher (kd) or on labels (ce); default: as the run searched. "
+                   "A ce run finalized with kd is the paper's NAS+KD baseline.")
+@click.option("--teacher", "teacher_spec", default=None, help="Teacher of kd finals (default: the run's).")
 @torch_options
 @db_option
 @json_option
-def finalize(run_id, out, top, archs, epochs, torch_device, threads, db_path, as_json):
+def finalize(run_id, out, top, archs, epochs, mode, teacher_spec, torch_device, threads, db_path, as_json):
     """Fully train RUN_ID's best candidates (and --arch ones), export both formats, measure on the run's device."""
-    from akd_mobile.finals import FinalizeConfig, finalize as run_finalize
+    from akd_mobile.finals import finalize as run_finalize
     from akd_mobile.report import finalize_progress, format_finals
     from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
     from latency_db import open_db
 
-    config = FinalizeConfig(out=out, top=top, archs=tuple(archs), epochs=epochs, torch_device=torch_device,
-                            threads=threads)
+    config = FinalizeConfig(out=out, top=top, archs=tuple(archs), epochs=epochs, mode=mode, teacher=teacher_spec,
+                            torch_device=torch_device, threads=threads)
     try:
         with signals_as_interrupts(), finalize_progress(quiet=as_json) as on_progress:
             finals = run_finalize(run_id, config, open_db(db_path), on_progress)

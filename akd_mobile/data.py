@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,22 +135,33 @@ def load_dataset(
     return _prepare(raw, seed, val_fraction, size)
 
 
-def _decode(name_or_path: str) -> _Raw:
-    key = name_or_path.strip().lower()
-    if key == "digits":
-        return _digits()
-    if key == "fashion-mnist":
-        if not FASHION_MNIST_DIR.is_dir():
-            raise DataError(
-                f"Fashion-MNIST is not at {FASHION_MNIST_DIR}: install the Debian package "
-                "dataset-fashion-mnist, or pass the folder holding its IDX files"
-            )
-        return _idx_folder(FASHION_MNIST_DIR, "fashion-mnist")
-    if key in ("cifar10", "cifar-10"):
+def _fashion_mnist() -> _Raw:
+    if not FASHION_MNIST_DIR.is_dir():
         raise DataError(
-            "cifar10 needs a path: pass the folder holding data_batch_1..5 and test_batch "
-            "(the extracted cifar-10-python.tar.gz)"
+            f"Fashion-MNIST is not at {FASHION_MNIST_DIR}: install the Debian package "
+            "dataset-fashion-mnist, or pass the folder holding its IDX files"
         )
+    return _idx_folder(FASHION_MNIST_DIR, "fashion-mnist")
+
+
+def _cifar10_needs_a_path() -> _Raw:
+    raise DataError(
+        "cifar10 needs a path: pass the folder holding data_batch_1..5 and test_batch "
+        "(the extracted cifar-10-python.tar.gz)"
+    )
+
+
+def absolute_data_spec(spec: str) -> str:
+    """`spec` with an existing path made absolute (a resume from another folder finds it);
+    the built-in names stay names."""
+    path = Path(spec).expanduser()
+    return spec if spec.strip().lower() in _NAMED or not path.exists() else str(path.resolve())
+
+
+def _decode(name_or_path: str) -> _Raw:
+    named = _NAMED.get(name_or_path.strip().lower())
+    if named is not None:
+        return named()
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise DataError(
@@ -245,6 +257,15 @@ def _digits() -> _Raw:
 
 
 # ---------------------------------------------------------------- CIFAR-10 python batches
+
+
+# the names `load_dataset` takes instead of a path (case and spaces around them ignored)
+_NAMED: dict[str, Callable[[], _Raw]] = {
+    "digits": _digits,
+    "fashion-mnist": _fashion_mnist,
+    "cifar10": _cifar10_needs_a_path,
+    "cifar-10": _cifar10_needs_a_path,
+}
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -34,8 +34,9 @@ class DeviceError(AkdError):
 
 
 class DeviceUnavailable(DeviceError):
-    """A device that cannot be reached, stopped answering or timed out: the device's or the
-    host's failure, not the model's (a search stops, resumable, instead of failing the candidate)."""
+    """A device that cannot be reached, stopped answering, or is not ready (storage full, its
+    benchmark tool missing): the device's failure, not the model's, so a search stops
+    resumably instead of failing the candidate."""
 
 
 class ParseError(DeviceError):
@@ -94,5 +95,10 @@ def stops_the_run(exc: BaseException) -> bool:
             return True
         if isinstance(current, OSError) and current.errno in _HOST_ERRNOS:
             return True
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return False
+
+
+def error_line(exc: BaseException) -> str:
+    """`Type: message` on one line, at most 500 characters (as a failure is stored)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]

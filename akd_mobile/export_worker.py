@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from akd_mobile.errors import HostError, stops_the_run
+from akd_mobile.errors import HostError, error_line, stops_the_run
 from akd_mobile.space import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _serve(fmt: str, tasks: Any, results: Any, parent_pid: int) -> None:
 def _sendable(exc: Exception) -> BaseException:
     """`exc` as it can cross the queue: its class and message survive pickling, its cause does
     not, so a host failure hidden in the cause is named here."""
-    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    text = error_line(exc)
     if stops_the_run(exc) and not isinstance(exc, HostError):
         return HostError(text)
     try:

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from akd_mobile.errors import ReportError
+from akd_mobile.export import FORMATS
+from akd_mobile.files import atomic_write
+from latency_db.store import db_flag
 
 if TYPE_CHECKING:
     from latency_db.store import LatencyDB
@@ -46,7 +49,8 @@ FIGURES = {  # file stem: title on the page
     "reward": "Reward per candidate: is the controller learning?",
     "time": "Where the time went",
 }
-FORMATS = ("png", "svg")
+FIGURE_FORMATS = ("png", "svg")
+LIVE_INTERVAL_S = 5.0  # `search --report` rewrites the page at most this often
 REFRESH_S = 10
 TOP = 10
 # matplotlib's tab10, one colour per run in the order given
@@ -103,8 +107,9 @@ class RunView:
 
     def ranked(self) -> list[Any]:
         """Evaluated candidates as finalize picks them: under the target first, then by reward."""
-        target = self.target_ms
-        return sorted(self.evaluated, key=lambda c: (target is not None and c.latency_ms > target, -c.reward, c.id))
+        from akd_mobile.runs import best_first
+
+        return best_first(self.evaluated, self.target_ms)
 
     def front_keys(self) -> set[str]:
         rows = self.evaluated
@@ -150,7 +155,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def final_latency(final: Any, fmt: str) -> tuple[float | None, str | None]:
     """A final's measured median latency and its format: `fmt`'s when measured, else another's."""
-    for f in dict.fromkeys((fmt, "tflite", "pte")):
+    for f in dict.fromkeys((fmt, *FORMATS)):
         ms = (final.result.get(f) or {}).get("median_ms")
         if ms is not None:
             return float(ms), f
@@ -175,7 +180,7 @@ def load_runs(db: LatencyDB, run_ids: Sequence[int]) -> list[RunView]:
     missing = [str(i) for i in ids if i not in known]
     if missing:
         which = "run " + missing[0] if len(missing) == 1 else "runs " + ", ".join(missing)
-        raise ReportError(f"no search {which} in {db.path}; `akd-mobile runs list{_db_option(db.path)}` shows the runs")
+        raise ReportError(f"no search {which} in {db.path}; `akd-mobile runs list{db_flag(db.path)}` shows the runs")
     views = []
     for n, run_id in enumerate(ids):
         run, candidates = store.get_run(run_id), store.candidates(run_id)
@@ -184,15 +189,8 @@ def load_runs(db: LatencyDB, run_ids: Sequence[int]) -> list[RunView]:
     return views
 
 
-def _db_option(db_path: Path) -> str:
-    from latency_db.store import default_db_path
-
-    same = Path(db_path).resolve() == default_db_path().resolve()
-    return "" if same else f" --db {Path(db_path).resolve()}"
-
-
 def _next_commands(run: Any, candidates: list[Any], db_path: Path) -> list[tuple[str, str]]:
-    db = _db_option(db_path)
+    db = db_flag(db_path)
     status = run.shown_status
     out = [("details", f"akd-mobile runs show {run.id}{db}")]
     if status in ("interrupted", "failed", "stale"):
@@ -235,18 +233,8 @@ def write_report(db: LatencyDB, run_ids: Sequence[int], out: Path, top: int = TO
     page = render_html(views, {name: files["svg"].name + f"?v={stamp}" for name, files in figures.items()},
                        top=top, refresh_s=REFRESH_S if running else None)
     path = out / HTML_NAME
-    _atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return ReportFiles(path, figures, [v.run.id for v in views], running)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- figures
@@ -266,9 +254,9 @@ def draw_figures(views: list[RunView], out: Path) -> dict[str, dict[str, Path]]:
             fig = Figure(figsize=(9, 5.4) if name != "time" else (9, 1.9 + 0.5 * len(views)), layout="constrained")
             drawers[name](fig, views)
             files[name] = {}
-            for fmt in FORMATS:
+            for fmt in FIGURE_FORMATS:
                 path = out / f"{name}.{fmt}"
-                _atomic_write(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(
+                atomic_write(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(
                     tmp, format=fmt, dpi=150 if fmt == "png" else None,
                     metadata={"Date": None} if fmt == "svg" else {"Software": None}))
                 files[name][fmt] = path
@@ -652,7 +640,7 @@ def _finals_table(v: RunView) -> list[str]:
                    "exports and measures them.</p>")
         return out
     fmt = v.config.get("fmt", "tflite")
-    formats = [fmt] + [f for f in ("tflite", "pte") if f != fmt]
+    formats = [fmt] + [f for f in FORMATS if f != fmt]
     out += ['<p class="note">Trained in full with the run\'s teacher and data, scored on the test split, exported '
             "with the trained weights and measured on the run's device. Latency: median, and the model's size.</p>",
             "<table>", "<tr><th>final</th><th>from</th><th>key</th><th class='num'>proxy accuracy</th>"
@@ -695,11 +683,10 @@ class LiveReport:
     written is logged, once, and the search goes on.
     """
 
-    def __init__(self, out: Path, db_path: Path | None, min_interval_s: float = 5.0, top: int = TOP) -> None:
+    def __init__(self, out: Path, db_path: Path | None, min_interval_s: float = LIVE_INTERVAL_S, top: int = TOP) -> None:
         self.out = prepare_folder(out, "--report")
         self.db_path, self.min_interval_s, self.top = db_path, min_interval_s, top
         self.run_id: int | None = None
-        self.writes = 0
         self._due = True
         self._last = -math.inf
         self._warned = False
@@ -722,7 +709,6 @@ class LiveReport:
         try:
             with open_db(self.db_path, read_only=True) as db:
                 write_report(db, [self.run_id], self.out, self.top)
-            self.writes += 1
         except Exception as exc:  # noqa: BLE001 - the page is a view; the search must not stop for it
             (log.debug if self._warned else log.warning)("could not write the report in %s: %s", self.out, exc)
             self._warned = True
@@ -731,7 +717,8 @@ class LiveReport:
 
 
 @contextlib.contextmanager
-def live_report(out: Path | None, db_path: Path | None, min_interval_s: float = 5.0) -> Iterator[Callable[[Any], None]]:
+def live_report(out: Path | None, db_path: Path | None,
+                min_interval_s: float = LIVE_INTERVAL_S) -> Iterator[Callable[[Any], None]]:
     """A search progress callback that keeps the report in `out` current (nothing when `out`
     is None); the last page is written on exit, also when the search stopped with an error.
 

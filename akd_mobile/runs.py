@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from akd_mobile.errors import SearchError
 
 if TYPE_CHECKING:
@@ -103,20 +101,20 @@ def this_owner() -> str:
 
 
 def lease_alive(owner: str | None, lease_until: float | None, now: float | None = None) -> bool:
-    """Whether `owner` still holds its lease: renewed within LEASE_S and, on this host, its
-    process still running."""
-    if owner is None or lease_until is None or lease_until < (time.time() if now is None else now):
+    """Whether `owner` still holds its lease. On this host: while its process runs (even if
+    stopped or starved past its renewals). On another host: while renewed within LEASE_S."""
+    if owner is None or lease_until is None:
         return False
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's process
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True  # someone else's process, or a name we cannot read: trust the lease time
-    return True
+    return lease_until >= (time.time() if now is None else now)
 
 
 @dataclass(frozen=True)
@@ -186,33 +184,39 @@ class RunStore:
                 )
             conn.execute("UPDATE runs SET owner = ?, lease_until = ? WHERE id = ?", (owner, time.time() + LEASE_S, run_id))
 
-    def renew(self, run_id: int, owner: str) -> None:
-        """Extend `owner`'s lease of run `run_id` (nothing if it no longer holds it)."""
+    def renew(self, run_id: int, owner: str) -> bool:
+        """Extend `owner`'s lease of run `run_id`; False if it no longer holds it."""
         with self.db.transaction() as conn:
-            conn.execute("UPDATE runs SET lease_until = ? WHERE id = ? AND owner = ?",
-                         (time.time() + LEASE_S, run_id, owner))
+            cur = conn.execute("UPDATE runs SET lease_until = ? WHERE id = ? AND owner = ?",
+                               (time.time() + LEASE_S, run_id, owner))
+        return cur.rowcount > 0
 
     def release(self, run_id: int, owner: str) -> None:
         """Give up `owner`'s lease of run `run_id`."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE runs SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?", (run_id, owner))
 
-    def delete_run(self, run_id: int) -> int:
-        """Delete a run and its candidates; returns how many candidates went.
+    def delete_run(self, run_id: int) -> tuple[int, int]:
+        """Delete a run, its candidates and its finals (their files stay); returns how many
+        candidates and finals went.
 
         Raises:
-            SearchError: an unknown run, or one a live search is running.
+            SearchError: an unknown run, or one a live search holds.
         """
-        run = self.get_run(run_id)
-        if run.status == "running" and lease_alive(run.owner, run.lease_until):
-            raise SearchError(f"run {run_id} is being run by {run.owner}; stop that search before deleting the run")
+        self.get_run(run_id)
         with self.db.transaction() as conn:
-            n = conn.execute("DELETE FROM candidates WHERE run_id = ?", (run_id,)).rowcount
+            owner, until = conn.execute("SELECT owner, lease_until FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if lease_alive(owner, until):
+                raise SearchError(f"run {run_id} is being run by {owner}; stop that search before deleting the run")
+            candidates = conn.execute("DELETE FROM candidates WHERE run_id = ?", (run_id,)).rowcount
+            finals = conn.execute("DELETE FROM finals WHERE run_id = ?", (run_id,)).rowcount
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        return n
+        return candidates, finals
 
     def load_checkpoint(self, run_id: int) -> tuple[int, dict[str, Any] | None]:
         """The number of completed updates and the strategy state after the last one."""
+        import torch
+
         step, blob = self.db.read("SELECT step, strategy_state FROM runs WHERE id = ?", (run_id,))[0]
         if blob is None:
             return step, None
@@ -220,6 +224,8 @@ class RunStore:
 
     def checkpoint(self, run_id: int, step: int, state: dict[str, Any], controller_s: float = 0.0) -> None:
         """Store the strategy state after update `step`, adding the controller's time."""
+        import torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         with self.db.transaction() as conn:
@@ -282,20 +288,39 @@ class RunStore:
         return CandidateRow(*rows[0]) if rows else None
 
 
+def best_first(candidates: list[CandidateRow], target_ms: float | None) -> list[CandidateRow]:
+    """A run's finished candidates, best first: those under the latency target before those
+    over it, each by reward (how finalize picks and the report ranks them)."""
+    done = [c for c in candidates if c.status == "done"]
+    return sorted(done, key=lambda c: (target_ms is not None and c.latency_ms > target_ms, -c.reward, c.id))
+
+
 def _run_row(row: Any) -> RunRow:
     return RunRow(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]), row[6], row[7], row[8],
                   json.loads(row[9]) if row[9] else {}, row[10], row[11])
 
 
+class LeaseLost(SearchError):
+    """Another search took over a run this one was running (its lease lapsed meanwhile)."""
+
+
 class RunLease:
     """This process's hold on a run, as a context: claimed on entry (SearchError while another
     live search holds it), renewed from a thread with its own database connection, released
-    on exit."""
+    on exit. `check()` before each write raises LeaseLost once another search holds it."""
 
     def __init__(self, store: RunStore, run_id: int) -> None:
         self.store, self.run_id, self.owner = store, run_id, this_owner()
         self._stop = threading.Event()
+        self._lost = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"akd-lease-{run_id}", daemon=True)
+
+    def check(self) -> None:
+        """Raise LeaseLost if another search took the run over."""
+        if self._lost.is_set():
+            holder = self.store.get_run(self.run_id).owner
+            raise LeaseLost(f"run {self.run_id} was taken over by {holder or 'another search'} while this search "
+                            "could not renew its lease; this search stops and leaves the run to it")
 
     def __enter__(self) -> RunLease:
         self.store.claim(self.run_id, self.owner)
@@ -314,6 +339,8 @@ class RunLease:
             store = RunStore(db)
             while not self._stop.wait(RENEW_EVERY_S):
                 try:
-                    store.renew(self.run_id, self.owner)
+                    if not store.renew(self.run_id, self.owner):
+                        self._lost.set()
+                        return
                 except Exception as exc:  # noqa: BLE001 - a missed renewal is retried; the search goes on
                     log.warning("could not renew the lease of run %d: %s", self.run_id, exc)

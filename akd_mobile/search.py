@@ -21,6 +21,7 @@ SIGTERM and SIGHUP stop it within a moment, store why, and name the resume comma
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -33,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.distill import ProxyBudget
-from akd_mobile.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, stops_the_run
+from akd_mobile.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, error_line, stops_the_run
+from akd_mobile.export import FORMATS
 from akd_mobile.reward import CONSTRAINTS, RewardConfig, mnas_reward
-from akd_mobile.runs import CandidateOutcome, CandidateRow, RunLease, RunStore, lease_alive, this_owner
+from akd_mobile.runs import CandidateOutcome, CandidateRow, LeaseLost, RunLease, RunStore
 from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
 from akd_mobile.space import ArchSpec, SearchSpace, get_space
 
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tflite", "pte")
 REWARDS = ("kd", "ce")
 MAX_FAILURES_IN_A_ROW = 5
 # Two torch threads for the proxy, which trains each batch as two shards on threads of
@@ -214,12 +215,12 @@ def check_inputs_unchanged(run_id: int, stored: dict[str, Any], now: dict[str, A
 def with_absolute_paths(config: SearchConfig) -> SearchConfig:
     """The config with the files it names (teacher members, data folder, device profile) as
     absolute paths, so that a resume from another folder finds them; names stay names."""
+    from akd_mobile.data import absolute_data_spec
+    from akd_mobile.teachers import absolute_teacher_spec
+    from devices.profiles import absolute_profile_spec
 
-    def absolute(spec: str) -> str:
-        return str(Path(spec).expanduser().resolve()) if spec and Path(spec).expanduser().exists() else spec
-
-    teacher = ",".join(absolute(part.strip()) for part in config.teacher.split(","))
-    return dataclasses.replace(config, teacher=teacher, data=absolute(config.data), device=absolute(config.device))
+    return dataclasses.replace(config, teacher=absolute_teacher_spec(config.teacher),
+                               data=absolute_data_spec(config.data), device=absolute_profile_spec(config.device))
 
 
 class Evaluator:
@@ -284,7 +285,7 @@ class Evaluator:
             log.warning("candidate %s failed: %s", arch.key, exc)
             return CandidateOutcome(
                 "failed", params=cost.params, macs=cost.macs, export_s=export_s, measure_s=measure_s,
-                train_s=train_s, error=_error_line(exc),
+                train_s=train_s, error=error_line(exc),
             )
         return CandidateOutcome(
             "done", accuracy=score.accuracy, latency_ms=latency_ms, reward=reward, params=cost.params,
@@ -327,10 +328,9 @@ def versions() -> dict[str, str]:
 
 def resume_command(run_id: int, db_path: Path) -> str:
     """The command that continues run `run_id` (naming the database unless it is the default)."""
-    from latency_db.store import default_db_path
+    from latency_db.store import db_flag
 
-    same = Path(db_path).resolve() == default_db_path().resolve()
-    return f"akd-mobile search --resume {run_id}" + ("" if same else f" --db {Path(db_path).resolve()}")
+    return f"akd-mobile search --resume {run_id}{db_flag(db_path)}"
 
 
 def run_search(
@@ -357,16 +357,15 @@ def run_search(
 
     db = open_db(db_path)
     store = RunStore(db)
-    run_id: int | None = None
+    run_id: int | None = None  # set once the run is ours to write: from then on a stop is stored
     started = time.monotonic()
-    with signals_as_interrupts():
+    with signals_as_interrupts(), contextlib.ExitStack() as held:
         try:
             if resume is not None:
                 run = store.get_run(resume)
                 if run.status == "done":
                     raise SearchError(f"run {resume} has finished; nothing to resume")
-                if run.owner != this_owner() and lease_alive(run.owner, run.lease_until):
-                    store.claim(resume, this_owner())  # refuses, naming the live owner
+                lease = held.enter_context(RunLease(store, resume))  # refuses while a live search holds it
                 config = SearchConfig.from_stored(run.config)
                 device, inputs = _open_checked(config)
                 check_inputs_unchanged(resume, run.inputs, inputs.identity)
@@ -377,13 +376,13 @@ def run_search(
                 config = resolve_device_defaults(config)
                 device, inputs = _open_checked(config)
                 run_id = store.create_run(dataclasses.asdict(config), versions(), inputs.identity)
-            with RunLease(store, run_id):
-                _run(config, inputs, db, device, store, run_id, on_progress)
-        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM / SIGHUP through signals_as_interrupts
+                lease = held.enter_context(RunLease(store, run_id))
+            _run(config, inputs, db, device, store, run_id, on_progress, lease)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM and SIGHUP (signals_as_interrupts)
             name = signal_name(exc)
             if run_id is None:
-                raise Interrupted(f"stopped by {name} before the run started; nothing was stored",
-                                  signal_number(exc)) from None
+                where = f"while checking run {resume}; it is unchanged" if resume else "before the run started; nothing was stored"
+                raise Interrupted(f"stopped by {name} {where}", signal_number(exc)) from None
             store.set_status(run_id, "interrupted", f"stopped by {name}")
             raise Interrupted(f"run {run_id} stopped by {name}; its state is stored. Continue with: "
                               f"{resume_command(run_id, db.path)}", signal_number(exc)) from None
@@ -391,23 +390,20 @@ def run_search(
             user_error = isinstance(exc, AkdError)
             if not user_error and not stops_the_run(exc):  # a bug: stored, and its traceback shown
                 if run_id is not None:
-                    store.set_status(run_id, "failed", _error_line(exc))
+                    store.set_status(run_id, "failed", error_line(exc))
                 raise
-            reason = " ".join(str(exc).split()) if user_error else _error_line(exc)
+            reason = " ".join(str(exc).split()) if user_error else error_line(exc)
             if run_id is None:
                 if user_error:
                     raise
                 raise HostError(reason) from exc
+            if isinstance(exc, LeaseLost):  # the run is another search's now: leave its row alone
+                raise
             store.set_status(run_id, "failed", reason)
             raise SearchError(f"run {run_id} stopped: {reason}. Its state is stored; continue with: "
                               f"{resume_command(run_id, db.path)}") from None
     store.set_status(run_id, "done")
     return summarize(store, run_id, time.monotonic() - started)
-
-
-def _error_line(exc: BaseException) -> str:
-    """`Type: message` on one line, at most 500 characters (as stored)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
 
 
 def _open_checked(config: SearchConfig) -> tuple[Any, SearchInputs]:
@@ -419,7 +415,7 @@ def _open_checked(config: SearchConfig) -> tuple[Any, SearchInputs]:
     return device, load_inputs(config)
 
 
-def _run(config, inputs, db, device, store, run_id, on_progress) -> None:
+def _run(config, inputs, db, device, store, run_id, on_progress, lease) -> None:
     evaluator = Evaluator(config, inputs, db, device)
     try:
         strategy = make_strategy(config.strategy, evaluator.space, config.seed)
@@ -427,12 +423,12 @@ def _run(config, inputs, db, device, store, run_id, on_progress) -> None:
         if state is not None:
             strategy.load_state_dict(state)
         store.set_status(run_id, "running")
-        _loop(config, evaluator.space, store, run_id, step, strategy, evaluator, on_progress)
+        _loop(config, evaluator.space, store, run_id, step, strategy, evaluator, on_progress, lease)
     finally:
         evaluator.close()
 
 
-def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress) -> None:
+def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress, lease) -> None:
     report = on_progress or (lambda progress: None)
     failures_in_a_row = 0
     while True:
@@ -459,6 +455,7 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress) 
                     report(dataclasses.replace(_progress(store, run_id, step, config.budget, None), phase=phase, current=key))
 
                 outcome = _reuse(earlier) if earlier else evaluator.evaluate(arch, on_phase)
+                lease.check()
                 store.finish(row.id, outcome)
                 failures_in_a_row = failures_in_a_row + 1 if outcome.status == "failed" else 0
                 if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
@@ -469,6 +466,7 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress) 
         tick = time.perf_counter()
         strategy.update([space.decode(r.arch) for r in rows], [r.reward if r.status == "done" else None for r in rows])
         controller_s += time.perf_counter() - tick
+        lease.check()
         store.checkpoint(run_id, step, strategy.state_dict(), controller_s)
 
 

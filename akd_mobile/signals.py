@@ -1,5 +1,6 @@
 """SIGTERM and SIGHUP handled like Ctrl-C: what `timeout`, job schedulers and a closed ssh
-session send stops long work through the same path that stores its state."""
+session send stops long work through the same path that stores its state, and a second
+signal while that state is stored is ignored."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import signal
 import threading
 from collections.abc import Iterator
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class SignalStop(KeyboardInterrupt):
-    """A SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises KeyboardInterrupt."""
+    """Ctrl-C, SIGTERM or SIGHUP, raised in the main thread (a KeyboardInterrupt, as Ctrl-C's is)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -21,9 +22,9 @@ class SignalStop(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise `SignalStop` in the main thread; a second
-    one while the first is handled is ignored. Off the main thread nothing changes (Python
-    lets only the main thread set handlers)."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise `SignalStop` in the main thread, and
+    any further one is ignored until the block ends (so the stop's own clean-up finishes).
+    Off the main thread nothing changes (Python lets only the main thread set handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -42,7 +43,7 @@ def signals_as_interrupts() -> Iterator[None]:
 
 
 def signal_number(exc: KeyboardInterrupt) -> int:
-    """The signal behind an interrupt: SIGTERM or SIGHUP for a `SignalStop`, else SIGINT."""
+    """The signal behind an interrupt (SIGINT for a plain KeyboardInterrupt)."""
     return getattr(exc, "signum", signal.SIGINT)
 
 

@@ -292,7 +292,9 @@ class Teacher:
         Raises:
             TeacherError: a member fails on the images or returns the wrong shape.
         """
-        dev = torch.device(device)
+        from akd_mobile.distill import torch_device
+
+        dev = torch_device(device)  # `auto` too
         if dev.type != "cpu":
             for model in self.models:
                 if isinstance(model, nn.Module):
@@ -321,6 +323,16 @@ class Teacher:
                 f"teacher {self.spec} returned {shape} for {xb.shape[0]} images; it must return (N, classes) logits"
             )
         return out
+
+
+def absolute_teacher_spec(spec: str) -> str:
+    """`spec` with each existing member file's path made absolute (a resume from another
+    folder finds it); `default` stays a name."""
+    def member(part: str) -> str:
+        path = Path(part).expanduser()
+        return part if part == "default" or not path.exists() else str(path.resolve())
+
+    return ",".join(member(p.strip()) for p in spec.split(","))
 
 
 def load_teacher(spec: str) -> Teacher:

@@ -427,7 +427,7 @@ class AdbDevice:
         self._push(local, remote, mode)
         got = self._sha256(remote)
         if got != sha256:
-            raise DeviceError(f"{remote} on {self.name} has checksum {got or 'none'} after the push, not {sha256}: check free space")
+            raise DeviceUnavailable(f"{remote} on {self.name} has checksum {got or 'none'} after the push, not {sha256}: check free space")
         return True
 
     # ------------------------------------------------------------ tools
@@ -473,7 +473,7 @@ class AdbDevice:
         remote = self._tool_remote(local)
         if self._verified.get(remote) != sha:
             if self._sha256(remote) != sha:
-                raise DeviceError(f"{tool.kind} on {self.name} is missing or differs from {local}: run `akd-mobile devices setup {shlex.quote(self.profile_arg)}`")
+                raise DeviceUnavailable(f"{tool.kind} on {self.name} is missing or differs from {local}: run `akd-mobile devices setup {shlex.quote(self.profile_arg)}`")
             self._verified[remote] = sha
         return remote, sha
 

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from akd_mobile.errors import DeviceError, DeviceUnavailable
+from akd_mobile.errors import DeviceError
 from devices.base import DeviceInfo, LatencyResult
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class LocalDevice:
                 proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
                                       timeout=self.timeout_s, env={**os.environ, "PYTHONPATH": path})
             except subprocess.TimeoutExpired:
-                raise DeviceUnavailable(
+                raise DeviceError(
                     f"measuring {artifact.name} on {self.name} took over {self.timeout_s:g} s and was "
                     "stopped; use fewer runs, a shorter min_time_s, or raise timeout_s in the device profile"
                 ) from None

@@ -123,8 +123,18 @@ def open_device(name_or_path: str | Path | Profile) -> Device:
     return backend_class.from_profile(profile)
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether a device argument is a profile file's path rather than a profile name."""
+    return text.endswith(".toml") or "/" in text or "\\" in text
+
+
+def absolute_profile_spec(text: str) -> str:
+    """A device argument with a profile file's path made absolute; a profile name stays."""
+    return str(Path(text).expanduser().resolve()) if _names_a_file(text) else text
+
+
 def _resolve(text: str) -> Path:
-    if text.endswith(".toml") or "/" in text or "\\" in text:
+    if _names_a_file(text):
         path = Path(text).expanduser()
         if not path.is_file():
             raise DeviceError(f"device profile file {path} does not exist")

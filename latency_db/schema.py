@@ -182,6 +182,12 @@ CREATE TABLE finals (
 );
 """
 
+V7_FINAL_FOLDERS = """
+-- the folder each final's files were last written to (weights, models), so a finalize into
+-- another folder copies the trained weights instead of training again
+ALTER TABLE finals ADD COLUMN out_dir TEXT;
+"""
+
 MIGRATIONS: list[str] = [
     V1_LATENCY,
     V2_SEARCH_RUNS,
@@ -189,6 +195,7 @@ MIGRATIONS: list[str] = [
     V4_PROXY_STUDIES,
     V5_RUN_OWNERSHIP,
     V6_FINALS,
+    V7_FINAL_FOLDERS,
 ]
 
 

@@ -145,6 +145,14 @@ def default_db_path() -> Path:
     return Path(base).expanduser() / "akd-mobile" / "latency.sqlite"
 
 
+def db_flag(path: Path) -> str:
+    """The ` --db PATH` (shell-quoted) that names `path` in a suggested command, or '' for the default database."""
+    import shlex
+
+    path = Path(path).resolve()
+    return "" if path == default_db_path().resolve() else f" --db {shlex.quote(str(path))}"
+
+
 def open_db(path: Path | None = None, read_only: bool = False) -> LatencyDB:
     """Open (creating and migrating as needed) the latency database at `path` or the default.
 

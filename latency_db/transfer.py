@@ -295,7 +295,8 @@ def _clean(row: Any, where: str, from_csv: bool) -> dict[str, Any]:
     for (low, x), (high, y) in itertools.pairwise(order):
         if x > y:
             raise DatabaseError(f"{where}: {low} {x:g} is above {high} {y:g}; nothing was imported")
-    if not out["min_ms"] <= out["mean_ms"] <= out["max_ms"]:
+    slack = 1e-9 * out["max_ms"]  # a mean of equal samples can round a hair past them
+    if not out["min_ms"] - slack <= out["mean_ms"] <= out["max_ms"] + slack:
         raise DatabaseError(f"{where}: mean_ms {out['mean_ms']:g} is outside min_ms .. max_ms "
                             f"({out['min_ms']:g} .. {out['max_ms']:g}); nothing was imported")
     return out

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from pathlib import Path
 from typing import Iterator
 from unittest import mock
 
 import akd_mobile.search as search_module
 from akd_mobile.reward import RewardConfig, mnas_reward
-from akd_mobile.runs import CandidateOutcome, RunStore
+from akd_mobile.runs import CandidateOutcome, RunStore, best_first
 from akd_mobile.search import SearchInputs
 from akd_mobile.space import get_space
 
@@ -82,21 +83,21 @@ def fake_search(fail_every: int | None = None) -> Iterator[type[FakeEvaluator]]:
         yield FakeEvaluator
 
 
-def add_finals(db, run_id: int, count: int = 2, unmeasured: int = 1, epochs: int = 10) -> list[str]:
+def add_finals(db, run_id: int, count: int = 2, unmeasured: int = 1, epochs: int = 10, out_dir=Path("finals")) -> list[str]:
     """Store finals of run `run_id` as finalize would: its `count` best candidates trained and
     measured in both formats, then `unmeasured` more trained only. Returns their keys."""
     from akd_mobile.finals import FinalStore
 
     run = RunStore(db).get_run(run_id)
     target = run.config["target_ms"]
-    done = [c for c in RunStore(db).candidates(run_id) if c.status == "done" and not c.reused]
-    ranked = sorted(done, key=lambda c: (c.latency_ms > target, -c.reward))
+    done = [c for c in RunStore(db).candidates(run_id) if not c.reused]
+    ranked = best_first(done, target)
     finals = FinalStore(db)
     keys = []
     for n, c in enumerate(ranked[: count + unmeasured]):
         test = round(min(0.99, c.accuracy + 0.07 + 0.01 * _noise(c.arch_key, "final")), 4)
         finals.trained(run_id, c.arch, c.arch_key, "top", run.config["reward"], epochs, c.accuracy, test,
-                       round(test + 0.004, 4), 240.0 + 20 * n, "0" * 64)
+                       round(test + 0.004, 4), 240.0 + 20 * n, "0" * 64, out_dir)
         row = finals.find(run_id, c.arch_key, run.config["reward"], epochs)
         if n < count:
             result = {
@@ -107,6 +108,6 @@ def add_finals(db, run_id: int, count: int = 2, unmeasured: int = 1, epochs: int
                         "p90_ms": round(c.latency_ms * 1.4, 4), "size_bytes": c.params * 4 + 60_000,
                         "max_abs_diff": 3e-6},
             }
-            finals.finish(row.id, "done", result)
+            finals.finish(row.id, "done", result, out_dir)
         keys.append(c.arch_key)
     return keys

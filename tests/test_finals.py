@@ -22,25 +22,17 @@ from akd_mobile.search import SearchConfig, run_search
 from akd_mobile.space import get_space
 from cli import cli
 from latency_db import open_db
+from search_support import ClosedFormEvaluator
 
 SPACE = get_space("mnasnet-small")
 # the cheapest students of the space train an epoch of digits in a second or two
 CHEAP = "dw_k3_se0_none_f75_l1-dw_k3_se0_none_f75_l1-dw_k3_se0_none_f75_l2-dw_k3_se0_none_f75_l3-dw_k3_se0_none_f75_l2-dw_k3_se0_none_f75_l2-dw_k3_se0_none_f75_l1"
 
 
-class CheapFirst:
-    """Scores by cost in closed form (no training, no export): the cheapest student wins."""
+class CheapFirst(ClosedFormEvaluator):
+    """Scores by cost: the cheapest student wins."""
 
-    def __init__(self, config, inputs, db, device):
-        self.space = inputs.space
-
-    def prefetch(self, archs):
-        pass
-
-    def close(self):
-        pass
-
-    def evaluate(self, arch, on_phase=lambda phase: None):
+    def outcome(self, arch):
         cost = self.space.cost(arch)
         return CandidateOutcome("done", accuracy=0.5, latency_ms=cost.macs / 5e7, reward=1e6 / cost.macs,
                                 params=cost.params, macs=cost.macs)
@@ -69,6 +61,8 @@ def _one_line(result) -> str:
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--arch", "mb9_k3"], "mb9"),
     (["--torch-device", "tpu"], "tpu"),
+    (["--mode", "kd"], "teacher default (trained on fashion-mnist) scores"),  # a ce run's finals from its teacher
+    (["--mode", "kd", "--teacher", "/nonexistent/t.pt2"], "/nonexistent/t.pt2"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, args, message):
     db = tmp_path / "db.sqlite"
@@ -168,3 +162,24 @@ def test_finalize_trains_exports_measures_and_resumes_after_a_kill(tmp_path, mon
 
     shown = CliRunner().invoke(cli, ["runs", "show", "1", "--db", str(db)]).stdout
     assert "finals (fully trained):" in shown and finals[1]["arch_key"] in shown
+
+    # into another folder: the weights are copied, not trained again; the manifest lists this call's finals
+    other = tmp_path / "other"
+    result = CliRunner().invoke(cli, ["finalize", "1", "--db", str(db), "--out", str(other), "--top", "1",
+                                      "--epochs", "1", "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert _trained(db)[0] == first[0]
+    again = json.loads((other / "manifest.json").read_text())["finals"]
+    assert [m["key"] for m in again] == [finals[0]["arch_key"]]
+    assert file_sha256(other / again[0]["weights"]) == again[0]["weights_sha256"] == manifest["finals"][0]["weights_sha256"]
+    assert all((other / r["file"]).is_file() for r in again[0]["formats"].values())
+
+    # another training length is another final: its own files, the first one's left as they were
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    result = CliRunner().invoke(cli, ["finalize", "1", "--db", str(db), "--out", str(out), "--top", "1",
+                                      "--epochs", "2", "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    (two,) = json.loads(result.stdout)
+    assert two["epochs"] == 2 and (out / f"{two['arch_key']}-ce-e2.pt").is_file()
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in before.items() if name != "manifest.json")
+    assert len(FinalStore(open_db(db)).finals(1)) == 3

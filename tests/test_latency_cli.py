@@ -126,6 +126,16 @@ def test_a_good_export_imports_whole(exported, tmp_path, kind):
         assert [m.to_dict() for m in b.query()] == [m.to_dict() for m in a.query()]
 
 
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_equal_samples_whose_mean_rounds_past_them_import(tmp_path, kind):
+    with open_db(tmp_path / "source.sqlite") as db:
+        _record(db, "cc", [0.1, 0.1, 0.1])  # their float mean is 0.10000000000000002
+    path = tmp_path / f"equal.{kind}"
+    assert run("latency", "export", f"--{kind}", path, "--db", tmp_path / "source.sqlite").exit_code == 0
+    r = run("latency", "import", path, "--db", tmp_path / "team.sqlite", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"added": 1, "skipped": 0}, r.stderr
+
+
 def test_import_stores_times_in_utc(exported, tmp_path):
     data = json.loads(exported["json"].read_text())
     data["measurements"][0]["measured_at"] = "2026-01-31T14:00:00+02:00"

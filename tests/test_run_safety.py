@@ -21,27 +21,19 @@ from akd_mobile.runs import CandidateOutcome, RunStore
 from akd_mobile.space import get_space
 from cli import cli
 from latency_db import open_db
+from search_support import ClosedFormEvaluator
 from teacher_support import linear_digits_teacher
 
 SPACE = get_space("mnasnet-small")
 
 
-class ScriptedEvaluator:
+class ScriptedEvaluator(ClosedFormEvaluator):
     """Answers from the arch's cost; `script[i]` (an exception) is raised at the i-th evaluation."""
 
     calls: list[str] = []
     script: dict[int, BaseException] = {}
 
-    def __init__(self, config, inputs, db, device):
-        self.space = inputs.space
-
-    def prefetch(self, archs):
-        pass
-
-    def close(self):
-        pass
-
-    def evaluate(self, arch, on_phase=lambda phase: None):
+    def outcome(self, arch):
         calls = type(self).calls
         error = type(self).script.pop(len(calls), None)
         if error is not None:
@@ -232,12 +224,17 @@ def test_resume_of_a_live_run_is_refused_and_a_dead_owner_shows_stale(tmp_path, 
     assert run.status == "done" and run.owner is None  # released at the end
 
 
-def test_runs_delete_removes_a_run_and_its_candidates(tmp_path, scripted):
+def test_runs_delete_removes_a_run_its_candidates_and_finals(tmp_path, scripted):
+    from akd_mobile.finals import FinalStore
+
     db = tmp_path / "db.sqlite"
     assert _search(db, "--reward", "ce").exit_code == 0
     assert _search(db, "--reward", "ce").exit_code == 0
+    c = RunStore(open_db(db)).candidates(1)[0]
+    FinalStore(open_db(db)).trained(1, c.arch, c.arch_key, "top", "ce", 1, c.accuracy, 0.9, 0.9, 1.0, "0" * 64, tmp_path)
     result = CliRunner().invoke(cli, ["runs", "delete", "1", "--db", str(db)])
-    assert result.exit_code == 0 and "deleted run 1 and its 4 candidates" in result.stdout
+    assert result.exit_code == 0 and "deleted run 1, its 4 candidates and 1 finals" in result.stdout
+    assert open_db(db).read("SELECT COUNT(*) FROM finals")[0][0] == 0
     assert [r["run_id"] for r in _runs(db)] == [2]
     assert open_db(db).read("SELECT COUNT(*) FROM candidates WHERE run_id = 1")[0][0] == 0
     result = CliRunner().invoke(cli, ["runs", "delete", "1", "--db", str(db)])
@@ -245,6 +242,33 @@ def test_runs_delete_removes_a_run_and_its_candidates(tmp_path, scripted):
 
 
 # ---------------------------------------------------------------- what a user sees
+
+
+def test_a_resume_holds_the_run_before_its_checks_and_a_lost_lease_stops_the_search(tmp_path, scripted, monkeypatch):
+    import akd_mobile.runs as runs_module
+
+    db = tmp_path / "db.sqlite"
+    scripted.script = {1: KeyboardInterrupt()}
+    assert _search(db, "--reward", "ce").exit_code == 130
+    owners = []
+    real_inputs = search_module.load_inputs
+    monkeypatch.setattr(search_module, "load_inputs",
+                        lambda config: owners.append(RunStore(open_db(db)).get_run(1).owner) or real_inputs(config))
+    monkeypatch.setattr(runs_module, "RENEW_EVERY_S", 0.05)
+
+    def hijack(self, arch, on_phase=lambda phase: None):  # another search takes the run over meanwhile
+        with open_db(db).transaction() as conn:
+            conn.execute("UPDATE runs SET owner = 'farm-7:4242', lease_until = ? WHERE id = 1", (time.time() + 60,))
+        time.sleep(0.5)
+        return CandidateOutcome("done", accuracy=0.5, latency_ms=0.5, reward=0.5, params=1)
+
+    monkeypatch.setattr(ScriptedEvaluator, "evaluate", hijack)
+    result = CliRunner().invoke(cli, ["search", "--resume", "1", "--db", str(db)])
+    assert owners == [runs_module.this_owner()]  # the lease was taken before the inputs were checked
+    assert result.exit_code == 2 and "run 1 was taken over by farm-7:4242" in _last_line(result)
+    run = RunStore(open_db(db)).get_run(1)
+    assert run.owner == "farm-7:4242" and run.status == "running" and run.reason is None  # left to its new owner
+    assert [r.status for r in RunStore(open_db(db)).candidates(1)][1] == "pending"
 
 
 def test_runs_list_keeps_columns_apart_and_names_data_teacher_and_date(tmp_path, scripted):

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from akd_mobile.runs import RunStore
 from cli import cli
 from latency_db import open_db
+from process_support import alive, children
 
 BUDGET = 4
 
@@ -27,27 +28,6 @@ def _start(db: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "cli", "search", "--data", "digits", "--reward", "ce", "--budget", str(BUDGET),
             "--batch", "2", "--proxy-steps", "20", "--target-ms", "0.25", "--strategy", "evolution", "--db", str(db)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _children(pid: int) -> list[int]:
-    """Live processes whose parent is `pid` (from /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _finished(db: Path) -> dict[int, float]:
@@ -66,7 +46,7 @@ def _wait_for_worker(proc: subprocess.Popen, db: Path, candidates: int) -> tuple
     while time.monotonic() < deadline:
         time.sleep(0.3)
         assert proc.poll() is None, f"the search ended early: {proc.stderr.read()}"
-        done, workers = _finished(db), _children(proc.pid)
+        done, workers = _finished(db), children(proc.pid)
         if len(done) >= candidates and workers:
             return workers, done
     raise AssertionError("the search never reached the state to stop it in")
@@ -104,7 +84,7 @@ def test_a_signal_stops_the_search_at_once_storing_a_resumable_run(tmp_path, sig
     assert last.startswith(f"interrupted: run 1 stopped by {name}") and f"akd-mobile search --resume 1 --db {db}" in last
     assert stopped_s < 10, f"took {stopped_s:.1f} s to stop"
     time.sleep(0.5)
-    assert not any(_alive(w) for w in workers), "the export worker outlived the search"
+    assert not any(alive(w) for w in workers), "the export worker outlived the search"
     run = RunStore(open_db(db)).get_run(1)
     assert run.status == "interrupted" and run.reason == f"stopped by {name}" and run.owner is None
     _resume_and_check(db, {**done_before, **_finished(db)})
@@ -119,9 +99,9 @@ def test_sigkill_takes_the_export_worker_with_it_and_the_run_resumes(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)  # the parent alone: nothing gets to clean up
         proc.wait()
         deadline = time.monotonic() + 10
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(w) for w in workers), "the export worker outlived its killed parent"
+        assert not any(alive(w) for w in workers), "the export worker outlived its killed parent"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
     done_before = _finished(db)
