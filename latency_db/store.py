@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -168,6 +169,27 @@ def open_db(path: Path | None = None, read_only: bool = False) -> LatencyDB:
     return LatencyDB(Path(path) if path is not None else default_db_path(), read_only)
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a property of the file, kept across opens).
+
+    Converting needs the file to itself and SQLite runs no busy handler for it, so two
+    processes opening a new file at once would see "database is locked": retry within
+    the busy timeout, and take a conversion done meanwhile by the other process.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.005
+    while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("database is locked: another process kept it past the busy timeout")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
 class LatencyDB:
     """A connection to the latency database; use as a context manager or call `close()`."""
 
@@ -184,7 +206,7 @@ class LatencyDB:
         try:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000):d}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(self._conn)
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self.schema_version = migrate(self._conn)
