@@ -522,7 +522,7 @@ def loopback_group() -> None:
               help="adbkey.pub lines of the keys allowed to connect (default: the .pub of the default ADB key).")
 def loopback_serve(port, root, keys):
     """Serve an ADB daemon on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    from akd_mobile.export import default_cache_dir
+    from akd_mobile.files import default_cache_dir
     from devices.adb_keys import default_key_path
     from devices.adb_protocol import load_public_keys
     from devices.loopback import LoopbackConfig, serve

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from akd_mobile.errors import ExportError
+from akd_mobile.files import default_cache_dir
 from akd_mobile.space import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,6 @@ class ExportResult:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def default_cache_dir() -> Path:
-    """`$AKD_CACHE_DIR`, else `$XDG_CACHE_HOME/akd-mobile` (default `~/.cache/akd-mobile`)."""
-    if os.environ.get("AKD_CACHE_DIR"):
-        return Path(os.environ["AKD_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "akd-mobile"
 
 
 def converter_version(fmt: str) -> str:

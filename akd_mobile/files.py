@@ -1,4 +1,5 @@
-"""Writing files whole: a reader (or a kill) never sees half of one."""
+"""Files on disk: where akd-mobile caches them, and writing them whole (a reader or a kill
+never sees half of one)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,11 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def default_cache_dir() -> Path:
+    """`$AKD_CACHE_DIR`, else `$XDG_CACHE_HOME/akd-mobile` (default `~/.cache/akd-mobile`)."""
+    if os.environ.get("AKD_CACHE_DIR"):
+        return Path(os.environ["AKD_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "akd-mobile"

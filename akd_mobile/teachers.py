@@ -37,6 +37,7 @@ from torch import nn
 
 from akd_mobile.data import Dataset
 from akd_mobile.errors import TeacherError
+from akd_mobile.files import default_cache_dir
 from akd_mobile.malloc import retain_freed_memory
 
 log = logging.getLogger(__name__)
@@ -581,14 +582,6 @@ def _cached_accuracy(path: Path, teacher: Teacher, dataset: Dataset) -> float | 
 
 
 # ---------------------------------------------------------------- cached logits
-
-
-def default_cache_dir() -> Path:
-    """`$AKD_CACHE_DIR`, else `$XDG_CACHE_HOME/akd-mobile`, else `~/.cache/akd-mobile`."""
-    if os.environ.get("AKD_CACHE_DIR"):
-        return Path(os.environ["AKD_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "akd-mobile"
 
 
 def cached_logits(

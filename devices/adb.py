@@ -96,7 +96,7 @@ class ToolSpec:
             DeviceError: the tool file does not exist.
         """
         if self.path == BUILTIN_RUNNER:
-            from akd_mobile.export import default_cache_dir
+            from akd_mobile.files import default_cache_dir
             from devices.loopback_runner import write_launcher
 
             return write_launcher(default_cache_dir() / "loopback")

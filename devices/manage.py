@@ -87,7 +87,7 @@ def check_model(fmt: str, cache_dir: Path | None = None) -> Path:
     Raises:
         ExportError: an unknown format or a failing converter.
     """
-    from akd_mobile.export import default_cache_dir
+    from akd_mobile.files import default_cache_dir
 
     if fmt not in CHECK_FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(CHECK_FORMATS)}")
