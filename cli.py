@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 from akd_mobile import __version__
+from akd_mobile.augment import AUGMENTATIONS
 from akd_mobile.errors import AkdError, Interrupted
 from akd_mobile.finals import FinalizeConfig
 
@@ -172,10 +174,37 @@ def db_option(f):
     )(f)
 
 
+def data_options(f):
+    """--data, --input-size and --skip-bad-images; the command gets `data` and one `data_options`."""
+
+    @functools.wraps(f)
+    def with_options(*args, input_size, skip_bad_images, **kwargs):
+        from akd_mobile.data import DataOptions
+
+        return f(*args, data_options=DataOptions(input_size, skip_bad_images), **kwargs)
+
+    with_options = click.option(
+        "--skip-bad-images", is_flag=True,
+        help="Leave unreadable images out (counted and logged) instead of refusing the data set.")(with_options)
+    with_options = click.option(
+        "--input-size", type=int, default=None,
+        help="Square side in px each image is resized and center-cropped to (default: the space's input for "
+             "your own images, the source's size for the built-in sets).")(with_options)
+    return click.option("--data", default="fashion-mnist", show_default=True,
+                        help="Dataset: fashion-mnist, digits, or a path (IDX, CIFAR-10, ImageFolder, CSV).")(with_options)
+
+
+def augment_option(f):
+    """--augment: the augmentation of a full training."""
+    return click.option("--augment", type=click.Choice(AUGMENTATIONS), default="auto", show_default=True,
+                        help="Full training's augmentation: auto is a random crop of the padded image, and a "
+                             "horizontal flip unless the data are digits.")(f)
+
+
 @cli.command()
 @click.option("--device", default="local", show_default=True, help="Device profile name or .toml path.")
 @click.option("--teacher", default="default", show_default=True, help="Teacher: default, a .pt2/TorchScript/checkpoint file, or several joined by ','.")
-@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@data_options
 @click.option("--space", "space_name", default="mnasnet-small", show_default=True, help="Search space preset.")
 @click.option("--target-ms", type=float, default=None, help="Latency target T in ms (default: the device profile's).")
 @click.option("--constraint", default="soft", show_default=True, help="soft (alpha=beta=-0.07) or hard (alpha=0, beta=-1).")
@@ -197,7 +226,7 @@ def db_option(f):
               help="Keep an HTML report of the run in this folder, rewritten as the search goes (open its index.html).")
 @db_option
 @json_option
-def search(device, teacher, data, space_name, target_ms, constraint, reward, strategy, budget, batch, fmt,
+def search(device, teacher, data, data_options, space_name, target_ms, constraint, reward, strategy, budget, batch, fmt,
            threads, min_time_s, proxy_steps, proxy_batch_size, proxy_lr, seed, resume, report_dir, db_path, as_json):
     """Search for the student the teacher distils best into, under the latency target."""
     from akd_mobile.distill import ProxyBudget
@@ -206,7 +235,8 @@ def search(device, teacher, data, space_name, target_ms, constraint, reward, str
 
     proxy = ProxyBudget().override(steps=proxy_steps, batch_size=proxy_batch_size, lr=proxy_lr)
     config = SearchConfig(
-        device=device, teacher=teacher, data=data, space=space_name, target_ms=target_ms, constraint=constraint,
+        device=device, teacher=teacher, data=data, data_options=data_options, space=space_name, target_ms=target_ms,
+        constraint=constraint,
         reward=reward, strategy=strategy, budget=budget, batch=batch, fmt=fmt, threads=threads,
         min_time_s=min_time_s, proxy=proxy, seed=seed,
     )
@@ -560,25 +590,30 @@ def teacher() -> None:
 
 @teacher.command("train")
 @click.option("--recipe", required=True, help="Built-in recipe (see `teacher list`).")
-@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@data_options
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step (default: the recipe's).")
+@augment_option
+@click.option("--space", "space_name", default="mnasnet-small", show_default=True,
+              help="The space whose input your own images are brought to.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @torch_options
 @json_option
-def teacher_train(recipe, data, epochs, out, lr, batch_size, seed, torch_device, threads, as_json):
+def teacher_train(recipe, data, data_options, epochs, out, lr, batch_size, augment, space_name, seed, torch_device,
+                  threads, as_json):
     """Train a recipe teacher on labels, save it to --out and report its test accuracy."""
     from akd_mobile.data import load_dataset
     from akd_mobile.distill import torch_threads
     from akd_mobile.teachers import get_recipe, save_teacher, train_teacher
 
     get_recipe(recipe)
-    dataset = load_dataset(data, seed=seed)
+    dataset = load_dataset(data, seed=seed, options=data_options, space=space_name)
     progress, on_epoch = _epoch_progress(epochs, f"teacher {recipe}")
     with torch_threads(threads), progress:
-        model, result = train_teacher(recipe, dataset, epochs, lr, batch_size, seed, torch_device, on_epoch)
+        model, result = train_teacher(recipe, dataset, epochs, lr, batch_size, seed, torch_device, on_epoch,
+                                      augment)
     save_teacher(model, result, dataset, out)
     row = {**result.__dict__, "out": str(out)}
     emit(row, as_json, f"{recipe}: test accuracy {result.test_accuracy:.4f} after {epochs} epochs "
@@ -604,18 +639,20 @@ def teacher_list(as_json):
 
 @teacher.command("eval")
 @click.argument("spec", default="default")
-@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@data_options
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--space", "space_name", default="mnasnet-small", show_default=True,
+              help="The space whose input your own images are brought to.")
 @torch_options
 @json_option
-def teacher_eval(spec, data, split, torch_device, threads, as_json):
+def teacher_eval(spec, data, data_options, split, space_name, torch_device, threads, as_json):
     """Top-1 accuracy of teacher SPEC (default, a file, or files joined by ',') on a data split."""
     from akd_mobile.data import load_dataset
     from akd_mobile.distill import torch_device as resolve, torch_threads
     from akd_mobile.teachers import evaluate_teacher, load_teacher
 
     resolve(torch_device)
-    t, dataset = load_teacher(spec), load_dataset(data)
+    t, dataset = load_teacher(spec), load_dataset(data, options=data_options, space=space_name)
     with torch_threads(threads):
         acc = evaluate_teacher(t, dataset, split, torch_device)
     row = {"teacher": spec, "hash": t.hash, "members": len(t.models), "data": dataset.name, "split": split, "accuracy": acc}
@@ -626,7 +663,7 @@ def teacher_eval(spec, data, split, torch_device, threads, as_json):
 @click.argument("arch")
 @click.option("--teacher", "teacher_spec", default="default", show_default=True,
               help="Teacher: default, a .pt2/TorchScript/checkpoint file, or several joined by ','.")
-@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@data_options
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="State dict to write.")
 @click.option("--mode", type=click.Choice(["kd", "ce"]), default="kd", show_default=True,
@@ -636,12 +673,13 @@ def teacher_eval(spec, data, split, torch_device, threads, as_json):
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--temperature", type=float, default=4.0, show_default=True)
 @click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the KD term.")
+@augment_option
 @click.option("--space", "space_name", default="mnasnet-small", show_default=True, help="Search space preset.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @torch_options
 @json_option
-def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_size, temperature, alpha, space_name,
-            seed, torch_device, threads, as_json):
+def distill(arch, teacher_spec, data, data_options, epochs, out, mode, schedule, lr, batch_size, temperature, alpha,
+            augment, space_name, seed, torch_device, threads, as_json):
     """Fully train student ARCH (KD from --teacher, or --mode ce), save its weights, report test accuracy."""
     import torch
 
@@ -651,8 +689,8 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
     from akd_mobile.teachers import cached_logits, check_teacher_fits, load_teacher
 
     resolve(torch_device)
-    config = TrainConfig(epochs, batch_size, lr, schedule, temperature=temperature, alpha=alpha)
-    dataset = load_dataset(data, seed=seed)
+    config = TrainConfig(epochs, batch_size, lr, schedule, temperature=temperature, alpha=alpha, augment=augment)
+    dataset = load_dataset(data, seed=seed, options=data_options, space=space_name)
     student = get_space(space_name, dataset.input_shape, dataset.num_classes).decode(arch)
     progress, on_epoch = _epoch_progress(epochs, f"student {student.key}")
     with torch_threads(threads):
@@ -682,10 +720,11 @@ def distill(arch, teacher_spec, data, epochs, out, mode, schedule, lr, batch_siz
               help="Train with the teacher (kd) or on labels (ce); default: as the run searched. "
                    "A ce run finalized with kd is the paper's NAS+KD baseline.")
 @click.option("--teacher", "teacher_spec", default=None, help="Teacher of kd finals (default: the run's).")
+@augment_option
 @torch_options
 @db_option
 @json_option
-def finalize(run_id, out, top, archs, epochs, mode, teacher_spec, torch_device, threads, db_path, as_json):
+def finalize(run_id, out, top, archs, epochs, mode, teacher_spec, augment, torch_device, threads, db_path, as_json):
     """Fully train RUN_ID's best candidates (and --arch ones), export both formats, measure on the run's device."""
     from akd_mobile.finals import finalize as run_finalize
     from akd_mobile.report import finalize_progress, format_finals
@@ -693,7 +732,7 @@ def finalize(run_id, out, top, archs, epochs, mode, teacher_spec, torch_device, 
     from latency_db import open_db
 
     config = FinalizeConfig(out=out, top=top, archs=tuple(archs), epochs=epochs, mode=mode, teacher=teacher_spec,
-                            torch_device=torch_device, threads=threads)
+                            torch_device=torch_device, threads=threads, augment=augment)
     try:
         with signals_as_interrupts(), finalize_progress(quiet=as_json) as on_progress:
             finals = run_finalize(run_id, config, open_db(db_path), on_progress)
@@ -715,7 +754,7 @@ def proxy() -> None:
 @proxy.command("study")
 @click.option("--teacher", "teachers", multiple=True, default=("default",), show_default=True,
               help="Teacher spec; repeat for a second teacher (teacher dependence). The first is the proxy's.")
-@click.option("--data", default="fashion-mnist", show_default=True, help="Dataset name or path.")
+@data_options
 @click.option("--space", "space_name", default="mnasnet-small", show_default=True, help="Search space preset.")
 @click.option("--students", type=int, default=24, show_default=True, help="Students sampled.")
 @click.option("--bins", type=int, default=4, show_default=True, help="Cost bins (quantiles of MACs).")
@@ -731,25 +770,26 @@ def proxy() -> None:
 @click.option("--proxy-alpha", type=float, default=None, help="Proxy KD weight (default: the search's).")
 @click.option("--proxy-batch-size", type=int, default=None, help="Proxy images per step (default: the search's).")
 @click.option("--batch-size", type=int, default=None, help="Full training images per step (default: distill's).")
+@augment_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the students' sampling and the data split.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads per training (default: the search's two; proxy scores depend on it).")
 @click.option("--torch-device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when present).")
 @db_option
 @json_option
-def proxy_study(teachers, data, space_name, students, bins, budgets, seeds, epochs, ceiling_students,
+def proxy_study(teachers, data, data_options, space_name, students, bins, budgets, seeds, epochs, ceiling_students,
                 convergence_students, variants, variant_steps, proxy_lr, proxy_temperature, proxy_alpha,
-                proxy_batch_size, batch_size, seed, threads, torch_device, db_path, as_json):
+                proxy_batch_size, batch_size, augment, seed, threads, torch_device, db_path, as_json):
     """Run (or continue: the same command resumes) a proxy fidelity study, then print its report."""
     from akd_mobile.fidelity import analyze, format_report
     from akd_mobile.study import StudyStore, run_study, study_config
     from latency_db import open_db
 
     config = study_config(
-        teachers=teachers, data=data, space=space_name, students=students, bins=bins, budgets=budgets,
+        teachers=teachers, data=data, data_options=data_options, space=space_name, students=students, bins=bins, budgets=budgets,
         seeds=seeds, epochs=epochs, ceiling_students=ceiling_students, convergence_students=convergence_students,
         variants=variants, variant_steps=variant_steps, proxy_lr=proxy_lr, proxy_temperature=proxy_temperature,
-        proxy_alpha=proxy_alpha, proxy_batch_size=proxy_batch_size, batch_size=batch_size, seed=seed,
+        proxy_alpha=proxy_alpha, proxy_batch_size=proxy_batch_size, batch_size=batch_size, augment=augment, seed=seed,
         threads=threads, torch_device=torch_device,
     )
     db = open_db(db_path)

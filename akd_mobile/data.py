@@ -1,4 +1,5 @@
-"""Image classification data sets, decoded once into normalized in-memory tensors.
+"""Image classification data sets: the built-in ones as normalized in-memory tensors, the
+user's own images (any size and mode) through an on-disk cache read in batches.
 
 `load_dataset` takes a name or a path:
 
@@ -8,13 +9,19 @@
 | `digits` | scikit-learn's bundled 8x8 digits, resized once to 28x28 so the `mnasnet-small` space takes them |
 | a folder of IDX files | `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-...` (each optionally `.gz`) |
 | a CIFAR-10 python folder | `data_batch_1` .. `data_batch_5` and `test_batch` (or its parent holding `cifar-10-batches-py`) |
-| an ImageFolder tree | `train/<class>/*.png` and `test/<class>/...` (or `val/`), or only `<class>/*.png` |
+| an ImageFolder tree | `train/<class>/*` with `val/` and `test/` where given, or only `<class>/*` (see `image_sets`) |
+| a CSV file | `path,label[,split]` rows, paths relative to the CSV's folder |
+
+The user's own images are resized and center-cropped to a square of `DataOptions.input_size`
+px (default: the space's input size), converted to the channels the space takes, and
+decoded once into a uint8 cache on disk (`image_cache`); the splits are then views that
+read normalized batches from it, so memory stays bounded whatever the set's size.
 
 The training set is split into a proxy training part (`train_x`) and a held-out validation
 part (`val_x`), deterministic for the seed, as MnasNet held out part of ImageNet's training
-set. The test split is for final evaluation only; the search never reads it. Pixels are
-scaled to [0, 1] and normalized per channel by the mean and standard deviation of the
-whole training set.
+set (a validation split the user gave is kept). The test split is for final evaluation
+only; the search never reads it. Pixels are scaled to [0, 1] and normalized per channel by
+the mean and standard deviation of the whole training set.
 """
 
 from __future__ import annotations
@@ -26,11 +33,16 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 
 from akd_mobile.errors import DataError
+from akd_mobile.image_cache import CachedImages
+
+if TYPE_CHECKING:
+    from akd_mobile.image_sets import ImageListing
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +52,39 @@ FASHION_MNIST_CLASSES = (
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )  # fmt: skip
 DIGITS_SIZE = 28
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
 # Bumped whenever decoding or preprocessing changes, so cached teacher logits are recomputed.
 PREPROCESSING_VERSION = 1
+# Unreadable images named in an error or a log line; the rest are counted.
+BAD_IMAGES_NAMED = 20
+
+# A split's images: a tensor in memory, or a view of an image cache on disk.
+Images = Union[torch.Tensor, CachedImages]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a data set is loaded; stored with a run, so a resume loads the same data.
+
+    Attributes:
+        input_size: square side in px every image is brought to (None: the space's input
+            size for the user's own images; the source's size for the built-in sets, 28
+            for `digits`).
+        skip_bad_images: leave unreadable images out (counted, and named in the log)
+            instead of refusing the data set.
+    """
+
+    input_size: int | None = None
+    skip_bad_images: bool = False
+
+    def __post_init__(self) -> None:
+        if self.input_size is not None and self.input_size < 1:
+            raise DataError(f"--input-size must be a positive number of pixels, got {self.input_size}")
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A classification data set in memory: float32 NCHW normalized images, int64 labels.
+    """A classification data set: float32 NCHW normalized images (in memory, or read from
+    an image cache on demand), int64 labels.
 
     Attributes:
         name: short name (`fashion-mnist`, `digits`, or the source folder's name).
@@ -63,21 +100,25 @@ class Dataset:
         classes: class names, index order.
         mean: per-channel mean subtracted (of pixels scaled to [0, 1]).
         std: per-channel standard deviation divided by.
+        mirror_safe: whether a horizontal flip keeps an image's class (not for digits).
+        skipped: unreadable images left out (`DataOptions.skip_bad_images`).
     """
 
     name: str
     input_shape: tuple[int, int, int]
     num_classes: int
-    train_x: torch.Tensor
+    train_x: Images
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: Images
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: Images
     test_y: torch.Tensor
     fingerprint: str
     classes: tuple[str, ...] = ()
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    mirror_safe: bool = True
+    skipped: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, object]:
         """Sizes and identity, for logs and `--json` output."""
@@ -89,6 +130,7 @@ class Dataset:
             "val": len(self.val_y),
             "test": len(self.test_y),
             "fingerprint": self.fingerprint,
+            "skipped_images": len(self.skipped),
         }
 
 
@@ -108,30 +150,43 @@ def load_dataset(
     name_or_path: str,
     seed: int = 0,
     val_fraction: float = 0.1,
-    image_size: int | None = None,
+    options: DataOptions = DataOptions(),
+    space: str = "mnasnet-small",
 ) -> Dataset:
     """Load a data set by name or path, split off validation data and normalize it.
 
     Args:
         name_or_path: `fashion-mnist`, `digits`, or a folder of IDX files, CIFAR-10 python
-            batches or an ImageFolder tree (`cifar10` needs its folder).
+            batches or an ImageFolder tree, or a CSV of `path,label[,split]` rows (`cifar10`
+            needs its folder).
         seed: seed of the train/validation split.
-        val_fraction: share of the training set held out for validation, in (0, 1).
-        image_size: resize images to this square size (default: keep the source size;
-            28 for `digits`).
+        val_fraction: share of the training set held out for validation, in (0, 1), where
+            the data name no validation split.
+        options: input size and the handling of unreadable images.
+        space: the search space the data feed; the user's own images take its input size
+            and channels unless `options` says otherwise.
 
     Returns:
-        The data set, decoded into tensors.
+        The data set.
 
     Raises:
         DataError: unknown name, missing folder, unreadable or malformed files.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    if image_size is not None and image_size < 1:
-        raise DataError(f"image size must be a positive number of pixels, got {image_size}")
-    raw = _decode(name_or_path)
-    size = image_size or (DIGITS_SIZE if raw.name == "digits" else None)
+    from akd_mobile import image_sets
+
+    named = _NAMED.get(name_or_path.strip().lower())
+    if named is not None:
+        raw = named()
+    else:
+        path = _existing(name_or_path)
+        if image_sets.is_image_csv(path):
+            return _cached_set(image_sets.list_csv(path), seed, val_fraction, options, space)
+        raw = _decode_folder(path)
+        if raw is None:
+            return _cached_set(image_sets.list_folder(path), seed, val_fraction, options, space)
+    size = options.input_size or (DIGITS_SIZE if raw.name == "digits" else None)
     return _prepare(raw, seed, val_fraction, size)
 
 
@@ -158,25 +213,28 @@ def absolute_data_spec(spec: str) -> str:
     return spec if spec.strip().lower() in _NAMED or not path.exists() else str(path.resolve())
 
 
-def _decode(name_or_path: str) -> _Raw:
-    named = _NAMED.get(name_or_path.strip().lower())
-    if named is not None:
-        return named()
+def _existing(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise DataError(
-            f"no data set named {name_or_path!r} and no such path; pass fashion-mnist, digits, "
-            "or a folder of IDX files, CIFAR-10 python batches or an ImageFolder tree"
+            f"no data set named {name_or_path!r} and no such path; pass fashion-mnist, digits, a folder of IDX "
+            "files, CIFAR-10 python batches or an ImageFolder tree, or a CSV of path,label rows"
         )
-    if not path.is_dir():
-        raise DataError(f"{path} is a file; pass the folder that holds the data set (extract archives first)")
+    if not path.is_dir() and path.suffix.lower() != ".csv":
+        raise DataError(f"{path} is a file; pass the folder that holds the data set (extract archives first) "
+                        "or a .csv of path,label rows")
+    return path
+
+
+def _decode_folder(path: Path) -> _Raw | None:
+    """The IDX or CIFAR-10 set in folder `path`, or None for an ImageFolder tree."""
     if (path / "cifar-10-batches-py").is_dir():
         path = path / "cifar-10-batches-py"
     if _find_idx(path, "train-images-idx3-ubyte") is not None:
         return _idx_folder(path, path.name)
     if (path / "data_batch_1").is_file():
         return _cifar_folder(path)
-    return _image_folder(path)
+    return None
 
 
 # ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
@@ -329,73 +387,59 @@ def _cifar_folder(folder: Path) -> _Raw:
     return _Raw("cifar10", train_x, train_y, test_x, test_y, classes)
 
 
-# ---------------------------------------------------------------- ImageFolder trees
+# ---------------------------------------------------------------- the user's own images
 
 
-def _image_folder(root: Path) -> _Raw:
-    train_dir = root / "train"
-    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if train_dir.is_dir() and test_dir is not None:
-        classes = _class_dirs(train_dir)
-        train_files, train_y = _listing(train_dir, classes)
-        test_files, test_y = _listing(test_dir, classes)
+def _cached_set(listing: ImageListing, seed: int, val_fraction: float, options: DataOptions, space: str) -> Dataset:
+    """A data set of the user's image files (an `image_sets.ImageListing`), through the cache."""
+    from akd_mobile.image_cache import Preprocessing, build_cache, guess_channels
+    from akd_mobile.image_sets import TEST, TRAIN, UNSPLIT, VAL
+    from akd_mobile.space import input_preference
+
+    default_size, takes = input_preference(space)
+    channels = takes[0] if len(takes) == 1 else guess_channels(listing.files)  # 1 or 3, both taken
+    pre = Preprocessing(options.input_size or default_size, channels)
+    entry = build_cache(listing.root, listing.files, listing.labels, pre, listing.splits != TEST)
+    good = np.ones(len(listing.files), dtype=bool)
+    if entry.bad:
+        named = "; ".join(f"{b.path} ({b.reason})" for b in entry.bad[:BAD_IMAGES_NAMED])
+        more = f"; and {len(entry.bad) - BAD_IMAGES_NAMED} more" if len(entry.bad) > BAD_IMAGES_NAMED else ""
+        if not options.skip_bad_images:
+            raise DataError(f"{len(entry.bad)} unreadable images in {listing.name}: {named}{more}; "
+                            "fix or remove them, or pass --skip-bad-images to leave them out")
+        log.warning("skipping %d unreadable images of %s: %s%s", len(entry.bad), listing.name, named, more)
+        good[[b.index for b in entry.bad]] = False
+    splits = listing.splits
+    test = np.flatnonzero(good & (splits == TEST))
+    if (splits == VAL).any():
+        train, val = np.flatnonzero(good & (splits == TRAIN)), np.flatnonzero(good & (splits == VAL))
     else:
-        classes = _class_dirs(root)
-        files, labels = _listing(root, classes)
-        # No test folder: a fixed fifth of the images, the same for every seed, is the test set.
-        order = np.random.default_rng(20240611).permutation(len(files))
-        n_test = max(1, len(files) // 5)
-        test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-        train_files, train_y = [files[i] for i in train], labels[train]
-        test_files, test_y = [files[i] for i in test], labels[test]
-    images = _decode_images(train_files + test_files)
-    n = len(train_files)
-    return _Raw(root.name, images[:n], train_y, images[n:], test_y, tuple(classes))
+        pool = np.flatnonzero(good & (splits == UNSPLIT))
+        n_val = int(round(len(pool) * val_fraction))
+        order = np.random.default_rng(seed).permutation(len(pool))
+        val, train = np.sort(pool[order[:n_val]]), np.sort(pool[order[n_val:]])
+    for part, name in ((train, "training"), (val, "validation"), (test, "test")):
+        if len(part) < 1:
+            raise DataError(f"{listing.name}: no {name} images left (of {len(listing.files)} listed); "
+                            "a data set needs images in every split")
+    labels = torch.from_numpy(np.asarray(listing.labels, dtype=np.int64))
+    skipped = tuple(b.path for b in entry.bad)
+    ident = (f"v{PREPROCESSING_VERSION}|images|{entry.key}|seed={seed}|val={val_fraction!r}|"
+             f"skipped={len(skipped)}|n={len(train)},{len(val)},{len(test)}")
 
+    def view(index: np.ndarray) -> CachedImages:
+        return CachedImages(entry, index, entry.mean, entry.std)
 
-def _class_dirs(folder: Path) -> list[str]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(
-            f"{folder} is not a data set: expected IDX files, CIFAR-10 batches, or an ImageFolder tree "
-            f"with one sub-folder per class (found {len(classes)} class folders)"
-        )
-    return classes
-
-
-def _listing(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
-    files: list[Path] = []
-    labels: list[int] = []
-    for index, cls in enumerate(classes):
-        found = sorted(p for p in (folder / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise DataError(f"class folder {folder / cls} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        files += found
-        labels += [index] * len(found)
-    return files, np.asarray(labels, dtype=np.int64)
-
-
-def _decode_images(files: list[Path]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    decoded = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                decoded.append(img.copy())
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"cannot decode image {path}: {exc}") from None
-    gray = all(img.mode in ("L", "1") for img in decoded)
-    size = decoded[0].size
-    out = np.empty((len(decoded), 1 if gray else 3, size[1], size[0]), dtype=np.uint8)
-    for i, img in enumerate(decoded):
-        img = img.convert("L" if gray else "RGB")
-        if img.size != size:
-            img = img.resize(size, Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-        out[i] = arr[None] if gray else arr.transpose(2, 0, 1)
-    return out
+    return Dataset(
+        name=listing.name,
+        input_shape=(pre.channels, pre.size, pre.size),
+        num_classes=len(listing.classes),
+        train_x=view(train), train_y=labels[torch.from_numpy(train)],
+        val_x=view(val), val_y=labels[torch.from_numpy(val)],
+        test_x=view(test), test_y=labels[torch.from_numpy(test)],
+        fingerprint=hashlib.sha256(ident.encode()).hexdigest()[:16],
+        classes=listing.classes, mean=entry.mean, std=entry.std, skipped=skipped,
+    )
 
 
 # ---------------------------------------------------------------- split, resize, normalize
@@ -445,6 +489,7 @@ def _prepare(raw: _Raw, seed: int, val_fraction: float, size: int | None) -> Dat
         classes=raw.classes,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        mirror_safe=raw.name != "digits",
     )
 
 

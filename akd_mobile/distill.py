@@ -6,8 +6,9 @@ training split (`akd_mobile.teachers.cached_logits`), indexed by the same batch 
 as the images, so a KD step costs the same as a cross-entropy step plus a softmax over
 the classes. Mode `ce` trains on labels only: conventional NAS, the paper's baseline.
 
-Training runs on in-memory tensors: each step gathers one batch by index, with no
-per-sample Python work. Models and inputs use the channels-last memory layout, which
+Each step gathers one batch by index, from an in-memory tensor or from an image cache on
+disk (`image_cache.CachedImages`), with no per-sample Python work; full training augments
+the batch (`augment`), the proxy does not. Models and inputs use the channels-last memory layout, which
 oneDNN's CPU convolutions run several times faster than NCHW.
 """
 
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from akd_mobile.data import Dataset
+from akd_mobile.augment import Augmentation, check_setting
+from akd_mobile.data import Dataset, Images
 from akd_mobile.errors import DeviceError, DistillError
 from akd_mobile.malloc import retain_freed_memory
 from akd_mobile.shards import ShardedSteps, plan_shards
@@ -168,6 +170,8 @@ class TrainConfig:
         weight_decay: L2 weight decay.
         temperature: KD softmax temperature.
         alpha: weight of the KD term.
+        augment: `auto` (random crop, and flip where the data allow it), `none`, `crop`,
+            `flip` or `crop+flip` (see `akd_mobile.augment`).
     """
 
     epochs: int = 10
@@ -178,9 +182,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     temperature: float = 4.0
     alpha: float = 0.9
+    augment: str = "auto"
 
     def __post_init__(self) -> None:
         _check_settings(self.batch_size, self.lr, self.temperature, self.alpha)
+        check_setting(self.augment)
         if self.epochs < 1:
             raise DistillError(f"training needs at least one epoch, got {self.epochs}")
         if self.schedule not in SCHEDULES:
@@ -369,6 +375,7 @@ def fit(
     lr_at = _cosine(config.lr, total) if config.schedule == "cosine" else _step(config.lr, total)
     optimizer = _ready(model, dev, config.momentum, config.weight_decay)
     split = _on_device(data, teacher_logits, config.batch_size, dev)
+    augment = Augmentation.resolve(config.augment, data.input_shape[-1], data.mirror_safe)
     history: list[float] = []
     train_s = 0.0
     with retain_freed_memory():  # as in proxy_score
@@ -384,6 +391,7 @@ def fit(
                 alpha=config.alpha,
                 seed=seed,
                 first_step=epoch * per_epoch,
+                augment=augment,
             )
             train_s += seconds
             history.append(evaluate(model, data.val_x, data.val_y, dev))
@@ -425,7 +433,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
 def _train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: Images,
     y: torch.Tensor,
     t: torch.Tensor | None,
     *,
@@ -436,6 +444,7 @@ def _train_steps(
     alpha: float,
     seed: int,
     first_step: int = 0,
+    augment: Augmentation = Augmentation(),
 ) -> tuple[float, float]:
     """Run `steps` SGD steps on images `x`, labels `y` and teacher logits `t` (None: CE only)
     from global step `first_step`; return (seconds, last loss).
@@ -444,30 +453,38 @@ def _train_steps(
     each batch is split into shards trained on threads of their own.
 
     Batches are consecutive slices of a seeded permutation per pass over the split (the
-    last partial batch of a pass is dropped), so global step s sees the same images for
-    the same seed, whichever call runs it.
+    last partial batch of a pass is dropped), so global step s sees the same images, and
+    the same augmentation draws, for the same seed, whichever call runs it.
     """
     n = len(y)
     model.train()
     per_pass = n // batch_size
     perms: dict[int, torch.Tensor] = {}
     loss = torch.zeros(())
+    batch: dict[str, torch.Tensor | None] = {}
 
     def shard_loss(replica: nn.Module, part: torch.Tensor) -> torch.Tensor:
-        out = replica(_layout(x[part]))
-        return F.cross_entropy(out, y[part]) if t is None else kd_loss(out, t[part], y[part], temperature, alpha)
+        xb, yb, tb = batch["x"], batch["y"], batch["t"]
+        out = replica(_layout(xb[part]))  # type: ignore[index]
+        return F.cross_entropy(out, yb[part]) if tb is None else kd_loss(out, tb[part], yb[part], temperature, alpha)  # type: ignore[index]
 
-    shards, intra_threads = plan_shards(torch.get_num_threads(), batch_size, x.device)
+    shards, intra_threads = plan_shards(torch.get_num_threads(), batch_size, y.device)
+    within_batch = torch.arange(batch_size, device=y.device)
     start = time.perf_counter()
     with torch_threads(intra_threads), ShardedSteps(model, shards, intra_threads) as sharded:
         for step in range(first_step, first_step + steps):
             epoch, within = divmod(step, per_pass)
             if epoch not in perms:
                 perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            idx = perms[epoch][within * batch_size : (within + 1) * batch_size].to(x.device)
+            idx = perms[epoch][within * batch_size : (within + 1) * batch_size]
+            xb = x[idx.to(x.device) if isinstance(x, torch.Tensor) else idx].to(y.device)
+            if augment.active:
+                xb = augment(xb, torch.Generator().manual_seed(seed * 1_000_003 + step))
+            on = idx.to(y.device)
+            batch.update(x=xb, y=y[on], t=None if t is None else t[on])
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            loss = sharded.gradients(idx, shard_loss)
+            loss = sharded.gradients(within_batch, shard_loss)
             optimizer.step()
     seconds = time.perf_counter() - start
     final = float(loss.detach())
@@ -478,13 +495,15 @@ def _train_steps(
 
 def _on_device(
     data: Dataset, teacher_logits: torch.Tensor | None, batch_size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The proxy training split and its teacher logits, moved to `device` once."""
+) -> tuple[Images, torch.Tensor, torch.Tensor | None]:
+    """The proxy training split and its teacher logits: labels and logits moved to `device`
+    once, in-memory images too (images in a cache on disk are read and moved per batch)."""
     n = len(data.train_y)
     if batch_size > n:
         raise DistillError(f"batch size {batch_size} exceeds the {n} training images of {data.name}")
     t = teacher_logits.to(device) if teacher_logits is not None else None
-    return data.train_x.to(device), data.train_y.to(device), t
+    x = data.train_x.to(device) if isinstance(data.train_x, torch.Tensor) else data.train_x
+    return x, data.train_y.to(device), t
 
 
 def _ready(model: nn.Module, device: torch.device, momentum: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -46,6 +46,7 @@ class FinalizeConfig:
         teacher: the teacher of `kd` finals; None takes the run's.
         torch_device: where torch trains (`cpu`, `cuda`, `auto`).
         threads: torch CPU threads (None: torch's default).
+        augment: the full training's augmentation (`akd_mobile.augment`).
     """
 
     out: Path
@@ -56,6 +57,7 @@ class FinalizeConfig:
     teacher: str | None = None
     torch_device: str = "cpu"
     threads: int | None = None
+    augment: str = "auto"
 
     def validate(self) -> None:
         """Raise FinalizeError for values no finalize can run with."""
@@ -285,7 +287,7 @@ def _finalize_one(index: int, picks: list[Pick], run_id: int, mode: str, config:
 
         report(FinalizeProgress(index, len(picks), key, "training", 0, epochs))
         with torch_threads(config.threads):
-            model, result = train_student(pick.arch, inputs.data, inputs.teacher_logits, TrainConfig(epochs=epochs),
+            model, result = train_student(pick.arch, inputs.data, inputs.teacher_logits, TrainConfig(epochs=epochs, augment=config.augment),
                                           mode, search.seed, config.torch_device, on_epoch)
         atomic_write(weights, lambda tmp: torch.save(model.state_dict(), tmp))
         store.trained(run_id, pick.arch.canonical, key, pick.source, mode, epochs, pick.proxy_accuracy,

@@ -127,7 +127,8 @@ def format_summary(summary: Any) -> str:
         f"{summary.seconds:.0f} s",
         f"reward {cfg['reward']}, strategy {cfg['strategy']}, device {cfg['device']}, format {cfg['fmt']}, "
         f"target {cfg['target_ms']} ms ({cfg['constraint']})",
-        f"data {cfg['data']}" + (f", teacher {cfg['teacher']}" if cfg["reward"] == "kd" else ""),
+        f"data {cfg['data']}" + (f" ({summary.skipped_images} unreadable images skipped)" if summary.skipped_images else "")
+        + (f", teacher {cfg['teacher']}" if cfg["reward"] == "kd" else ""),
         "time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in summary.time_split_s.items()),
     ]
     for title, c in (("best reward", summary.best), ("best under target", summary.best_under_target)):

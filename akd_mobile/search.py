@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
+from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
 from akd_mobile.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, error_line, stops_the_run
 from akd_mobile.export import FORMATS
@@ -44,7 +45,6 @@ from akd_mobile.space import ArchSpec, SearchSpace, get_space
 if TYPE_CHECKING:
     import torch
 
-    from akd_mobile.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class SearchConfig:
         device: device profile name or path.
         teacher: teacher spec (see `teachers.load_teacher`); unused with reward `ce`.
         data: dataset name or path.
+        data_options: input size and the handling of unreadable images.
         space: search space preset.
         target_ms: latency target T; None takes the device profile's `target_ms`.
         constraint: `soft` or `hard` (MnasNet's two reward shapes).
@@ -86,6 +87,7 @@ class SearchConfig:
     device: str = "local"
     teacher: str = "default"
     data: str = "fashion-mnist"
+    data_options: DataOptions = DataOptions()
     space: str = "mnasnet-small"
     target_ms: float | None = None
     constraint: str = "soft"
@@ -106,8 +108,10 @@ class SearchConfig:
         """The config a run was stored with (`dataclasses.asdict` form)."""
         values = dict(stored)
         proxy = ProxyBudget(**values.pop("proxy", {}))
+        data_options = DataOptions(**values.pop("data_options", {}))  # absent in runs stored before it
         steps = values.pop("proxy_steps", None)  # runs stored before the proxy settings were one object
-        return cls(**values, proxy=proxy if steps is None else dataclasses.replace(proxy, steps=steps))
+        return cls(**values, data_options=data_options,
+                   proxy=proxy if steps is None else dataclasses.replace(proxy, steps=steps))
 
     def validate(self) -> None:
         """Raise SearchError for values no search can run with."""
@@ -143,6 +147,7 @@ class SearchSummary:
     best_under_target: dict[str, Any] | None
     seconds: float
     time_split_s: dict[str, float] = field(default_factory=dict)
+    skipped_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,12 +189,13 @@ def load_inputs(config: SearchConfig) -> SearchInputs:
     """
     from akd_mobile.data import load_dataset
 
-    data = load_dataset(config.data, seed=config.seed)
+    data = load_dataset(config.data, seed=config.seed, options=config.data_options, space=config.space)
     try:
         space = get_space(config.space, tuple(data.input_shape), data.num_classes)
     except SpaceError as exc:
         raise SearchError(f"dataset {config.data} does not fit space {config.space}: {exc}") from None
-    identity: dict[str, Any] = {"data": {"spec": config.data, "fingerprint": data.fingerprint}}
+    identity: dict[str, Any] = {"data": {"spec": config.data, "fingerprint": data.fingerprint,
+                                         "skipped_images": len(data.skipped)}}
     logits = None
     if config.reward == "kd":
         from akd_mobile.teachers import cached_logits, check_teacher_fits, load_teacher
@@ -510,4 +516,5 @@ def summarize(store: RunStore, run_id: int, seconds: float | None = None) -> Sea
         best_under_target=best_under.to_dict() if best_under else None,
         seconds=seconds if seconds is not None else run.updated_at - run.created_at,
         time_split_s=split,
+        skipped_images=run.inputs.get("data", {}).get("skipped_images", 0),
     )

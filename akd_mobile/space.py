@@ -461,6 +461,16 @@ def _small(input_shape: tuple[int, int, int], num_classes: int) -> SearchSpace:
 
 PRESETS = {"mnasnet-imagenet": _imagenet, "mnasnet-small": _small}
 DEFAULT_SHAPES = {"mnasnet-imagenet": ((3, 224, 224), 1000), "mnasnet-small": ((1, 28, 28), 10)}
+# the channel counts each preset takes (the first where the data leave a choice)
+INPUT_CHANNELS = {"mnasnet-imagenet": (3,), "mnasnet-small": (1, 3)}
+
+
+def input_preference(name: str) -> tuple[int, tuple[int, ...]]:
+    """The square input size (px) images are brought to for preset `name` unless the user
+    says otherwise, and the channel counts it takes."""
+    if name not in PRESETS:
+        raise SpaceError(f"unknown search space {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return DEFAULT_SHAPES[name][0][1], INPUT_CHANNELS[name]
 
 
 def get_space(

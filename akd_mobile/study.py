@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from akd_mobile.data import DataOptions
 from akd_mobile.distill import MODES, ProxyBudget, TrainConfig
 from akd_mobile.errors import SpaceError, StudyError
 from akd_mobile.search import TRAIN_THREADS, versions
@@ -55,6 +56,7 @@ class StudyConfig:
 
     Attributes:
         data: dataset name or path.
+        data_options: input size and the handling of unreadable images.
         space: search space preset.
         teachers: teacher specs; the first is the one the proxy distils from, the others are
             trained from fully, for teacher dependence.
@@ -77,6 +79,7 @@ class StudyConfig:
     """
 
     data: str = "fashion-mnist"
+    data_options: DataOptions = field(default_factory=DataOptions)
     space: str = "mnasnet-small"
     teachers: tuple[str, ...] = ("default",)
     students: int = 24
@@ -134,9 +137,15 @@ class StudyConfig:
         return self.budgets[1] if len(self.budgets) > 1 else self.budgets[0]
 
     def identity(self) -> dict[str, Any]:
-        """What the study's numbers depend on (everything but where torch runs)."""
+        """What the study's numbers depend on (everything but where torch runs). Settings
+        added after the first studies (data options, augmentation) appear only where they
+        differ from what those studies ran with, so that their fingerprints still hold."""
         out = dataclasses.asdict(self)
         out.pop("torch_device")
+        if self.data_options == DataOptions():
+            out.pop("data_options")
+        if self.full.augment == "none":
+            out["full"].pop("augment")
         for budget_field in ("steps", "epochs"):  # replaced by each budget
             out["proxy"].pop(budget_field)
         out["full"].pop("epochs")
@@ -152,7 +161,8 @@ class StudyConfig:
         for name in ("teachers", "budgets", "variants"):
             values[name] = tuple(values[name])
         values["proxy"] = ProxyBudget(**values["proxy"])
-        values["full"] = TrainConfig(**values["full"])
+        values["full"] = TrainConfig(**{"augment": "none", **values["full"]})
+        values["data_options"] = DataOptions(**values.get("data_options", {}))
         return cls(**values)
 
 
@@ -375,7 +385,7 @@ def run_study(config: StudyConfig, db: LatencyDB,
 
     config.validate()
     torch_device(config.torch_device)
-    data = load_dataset(config.data, seed=config.seed)
+    data = load_dataset(config.data, seed=config.seed, options=config.data_options, space=config.space)
     try:
         space = get_space(config.space, tuple(data.input_shape), data.num_classes)
     except SpaceError as exc:
@@ -466,7 +476,7 @@ def export_rows(study: Study, trainings: list[dict[str, Any]]) -> list[dict[str,
 def study_config(*, teachers: tuple[str, ...], budgets: str, proxy_lr: float | None = None,
                  proxy_temperature: float | None = None, proxy_alpha: float | None = None,
                  proxy_batch_size: int | None = None, batch_size: int | None = None, threads: int | None = None,
-                 variants: tuple[str, ...] = (), **fields: Any) -> StudyConfig:
+                 variants: tuple[str, ...] = (), augment: str = "auto", **fields: Any) -> StudyConfig:
     """A checked StudyConfig from command-line values (None: the default of the search or of `distill`).
 
     Raises:
@@ -479,7 +489,7 @@ def study_config(*, teachers: tuple[str, ...], budgets: str, proxy_lr: float | N
     try:
         proxy = ProxyBudget().override(lr=proxy_lr, temperature=proxy_temperature, alpha=proxy_alpha,
                                        batch_size=proxy_batch_size)
-        full = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
+        full = TrainConfig(augment=augment) if batch_size is None else TrainConfig(batch_size=batch_size, augment=augment)
     except Exception as exc:  # DistillError from the settings' own checks
         raise StudyError(str(exc)) from None
     config = StudyConfig(teachers=tuple(teachers), budgets=steps, proxy=proxy, full=full,

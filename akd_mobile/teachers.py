@@ -201,6 +201,7 @@ def train_teacher(
     seed: int = 0,
     device: str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
+    augment: str = "auto",
 ) -> tuple[nn.Module, TeacherTrainResult]:
     """Train the recipe `recipe` on `data` with labels (cosine schedule) and test it.
 
@@ -213,6 +214,7 @@ def train_teacher(
         seed: seeds initial weights and batch order.
         device: torch device name.
         on_epoch: called with (epoch, validation accuracy) after each epoch.
+        augment: the training's augmentation (`akd_mobile.augment`).
 
     Returns:
         The trained model (CPU, eval mode) and its result.
@@ -229,6 +231,7 @@ def train_teacher(
         lr=spec.lr if lr is None else lr,
         weight_decay=spec.weight_decay,
         schedule="cosine",
+        augment=augment,
     )
     result = fit(model, data, None, config, seed=seed, device=device, on_epoch=on_epoch)
     return model, TeacherTrainResult(

@@ -34,7 +34,7 @@ TEACHERS = (str(ROOT / "benchmarks" / "teachers" / "resnet-wide-fashion-mnist.pt
 # Pinned, so a later change of the search's defaults does not start a new study.
 OPTIONS = dict(data="fashion-mnist", space="mnasnet-small", students=24, bins=4, budgets="40,80,160,320", seeds=2,
                epochs=3, convergence_students=4, variants=("temperature=4", "alpha=0.5", "lr=0.1"),
-               proxy_lr=0.2, proxy_temperature=1.0, proxy_alpha=0.9, proxy_batch_size=125, seed=0)
+               proxy_lr=0.2, proxy_temperature=1.0, proxy_alpha=0.9, proxy_batch_size=125, seed=0, augment="none")
 COMMAND = "`.venv/bin/python benchmarks/bench_proxy_fidelity.py`"
 
 

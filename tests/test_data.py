@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from akd_mobile.data import FASHION_MNIST_DIR, load_dataset, read_idx
+from akd_mobile.data import FASHION_MNIST_DIR, DataOptions, load_dataset, read_idx
 from akd_mobile.errors import DataError
 
 
@@ -144,7 +144,7 @@ def _png_tree(root, split_dirs: bool):
 
 @pytest.mark.parametrize("split_dirs", [True, False])
 def test_an_imagefolder_tree_loads_with_or_without_a_test_folder(tmp_path, split_dirs):
-    data = load_dataset(str(_png_tree(tmp_path / "pets", split_dirs)), image_size=28)
+    data = load_dataset(str(_png_tree(tmp_path / "pets", split_dirs)), options=DataOptions(input_size=28))
     assert data.input_shape == (3, 28, 28) and data.classes == ("cat", "dog", "eel")
     total = 30 if split_dirs else 15
     assert len(data.train_y) + len(data.val_y) + len(data.test_y) == total
