@@ -73,14 +73,6 @@ def test_tiny_search_through_the_loopback_phone(tmp_path, digits_teacher):
     assert not any((tmp_path / "device").rglob("*.tflite")), "the pushed model was not removed"
 
 
-@pytest.mark.slow
-def test_ce_reward_needs_no_teacher_and_a_batch_larger_than_the_data_takes_all_of_it(tmp_path):
-    whole_split = ProxyBudget(steps=5, batch_size=5000)  # digits: 1,617 training images
-    config = SearchConfig(**{**TINY, "budget": 2, "proxy": whole_split}, reward="ce", teacher="/nonexistent.pt2")
-    summary = run_search(config, tmp_path / "db.sqlite")
-    assert summary.evaluated == 2, summary
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
