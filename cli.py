@@ -12,7 +12,7 @@ import click
 
 from akd_mobile import __version__
 from akd_mobile.augment import AUGMENTATIONS
-from akd_mobile.errors import AkdError, Interrupted
+from akd_base.errors import AkdError, Interrupted
 from akd_mobile.finals import FinalizeConfig
 
 
@@ -338,7 +338,7 @@ def _stats_line(r: dict[str, Any]) -> str:
 def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, space_name, input_shape, classes,
           db_path, as_json):
     """Measure a .tflite/.pte file or an architecture on a device, print and store it."""
-    from akd_mobile.errors import DatabaseError
+    from akd_base.errors import DatabaseError
     from akd_mobile.latency import measure_arch, measure_file, store_measurement
     from devices.local import check_min_time
     from devices.profiles import load_profile, open_device
@@ -552,7 +552,7 @@ def loopback_group() -> None:
               help="adbkey.pub lines of the keys allowed to connect (default: the .pub of the default ADB key).")
 def loopback_serve(port, root, keys):
     """Serve an ADB daemon on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    from akd_mobile.files import default_cache_dir
+    from akd_base.files import default_cache_dir
     from devices.adb_keys import default_key_path
     from devices.adb_protocol import load_public_keys
     from devices.loopback import LoopbackConfig, serve

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from akd_mobile.errors import DistillError
+from akd_base.errors import DistillError
 
 if TYPE_CHECKING:  # torch is imported where a batch is augmented: the CLI reads AUGMENTATIONS
     import torch

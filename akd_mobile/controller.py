@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from akd_mobile.errors import SearchError
+from akd_base.errors import SearchError
 from akd_mobile.space import ArchSpec, SearchSpace
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 import torch
 
-from akd_mobile.errors import DataError
+from akd_base.errors import DataError
 from akd_mobile.image_cache import CachedImages
 
 if TYPE_CHECKING:

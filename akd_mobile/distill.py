@@ -31,7 +31,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from akd_mobile.augment import Augmentation, check_setting
 from akd_mobile.data import Dataset, Images
-from akd_mobile.errors import DeviceError, DistillError
+from akd_base.errors import DeviceError, DistillError
 from akd_mobile.malloc import retain_freed_memory
 from akd_mobile.shards import ShardedSteps, plan_shards
 from akd_mobile.space import ArchSpec

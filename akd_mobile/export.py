@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import io
 import json
 import logging
@@ -34,13 +33,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from akd_mobile.errors import ExportError
-from akd_mobile.files import default_cache_dir
+from akd_base.errors import ExportError
+from akd_base.files import default_cache_dir, file_sha256
+from akd_base.formats import FORMATS
 from akd_mobile.space import ArchSpec
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tflite", "pte")
 DEFAULT_ATOL = 1e-3
 _CONVERTERS = {"tflite": "litert-torch", "pte": "executorch"}
 
@@ -81,15 +80,6 @@ def converter_version(fmt: str) -> str:
     """Versions of the converter of `fmt` and of torch, e.g. `litert-torch 0.10.0, torch 2.13.0`."""
     _check_format(fmt)
     return f"{_CONVERTERS[fmt]} {_version(_CONVERTERS[fmt])}, torch {_version('torch')}"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_model(

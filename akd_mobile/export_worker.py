@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from akd_mobile.errors import HostError, error_line, stops_the_run
+from akd_base.errors import HostError, error_line, stops_the_run
 from akd_mobile.space import ArchSpec
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from akd_mobile.errors import AkdError, FinalizeError, HostError, error_line, stops_the_run
-from akd_mobile.export import FORMATS
-from akd_mobile.files import atomic_write
+from akd_base.errors import AkdError, FinalizeError, HostError, error_line, stops_the_run
+from akd_base.formats import FORMATS
+from akd_base.files import atomic_write
 from akd_mobile.runs import best_first
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ def _finalize_one(index: int, picks: list[Pick], run_id: int, mode: str, config:
     import torch
 
     from akd_mobile.distill import TrainConfig, torch_threads, train_student
-    from akd_mobile.export import file_sha256
+    from akd_base.files import file_sha256
 
     store, pick = FinalStore(db), picks[index]
     report = on_progress or (lambda progress: None)
@@ -374,6 +374,6 @@ def _claim_folder(out: Path, run_id: int) -> None:
 
 
 def _weights_match(path: Path, sha256: str | None) -> bool:
-    from akd_mobile.export import file_sha256
+    from akd_base.files import file_sha256
 
     return sha256 is not None and path.is_file() and file_sha256(path) == sha256

@@ -30,8 +30,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from akd_mobile.errors import DataError
-from akd_mobile.files import atomic_write, default_cache_dir
+from akd_base.errors import DataError
+from akd_base.files import atomic_write, default_cache_dir
 
 log = logging.getLogger(__name__)
 

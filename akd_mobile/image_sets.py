@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from akd_mobile.errors import DataError
+from akd_base.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 from akd_mobile.space import ArchSpec
-from devices.base import RUNTIME_OF_FORMAT, Device, DeviceInfo, LatencyResult
+from akd_base.formats import RUNTIME_OF_FORMAT
+from akd_base.measurement import DeviceInfo, LatencyResult
+from devices.base import Device
 from latency_db.store import Artifact, LatencyDB
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,7 @@ def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
                  warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, min_time_s: float = 0.0) -> NewMeasurement:
     """Measure a `.tflite` or `.pte` file, under the architecture key an earlier export of
     the same bytes recorded in `db` (only read), if any."""
-    from akd_mobile.export import file_sha256
+    from akd_base.files import file_sha256
     from devices.local import check_artifact
 
     path = check_artifact(path)

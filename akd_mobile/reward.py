@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from akd_mobile.errors import SearchError
+from akd_base.errors import SearchError
 
 CONSTRAINTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from akd_mobile.errors import ReportError
-from akd_mobile.export import FORMATS
-from akd_mobile.files import atomic_write
+from akd_base.errors import ReportError
+from akd_base.formats import FORMATS
+from akd_base.files import atomic_write
 from latency_db.store import db_flag
 
 if TYPE_CHECKING:

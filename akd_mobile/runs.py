@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from akd_mobile.errors import SearchError
+from akd_base.errors import SearchError
 
 if TYPE_CHECKING:
     from latency_db.store import LatencyDB

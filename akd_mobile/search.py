@@ -35,8 +35,8 @@ from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
-from akd_mobile.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, error_line, stops_the_run
-from akd_mobile.export import FORMATS
+from akd_base.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, error_line, stops_the_run
+from akd_base.formats import FORMATS
 from akd_mobile.reward import CONSTRAINTS, RewardConfig, mnas_reward
 from akd_mobile.runs import CandidateOutcome, CandidateRow, LeaseLost, RunLease, RunStore
 from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts

@@ -34,7 +34,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from akd_mobile.errors import ArchStringError, SpaceError
+from akd_base.errors import ArchStringError, SpaceError
 
 OPS = ("conv", "dw", "mb3", "mb6")
 KERNELS = (3, 5)

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from akd_mobile.data import Dataset
-from akd_mobile.errors import TeacherError
-from akd_mobile.files import default_cache_dir
+from akd_base.errors import TeacherError
+from akd_base.files import default_cache_dir
 from akd_mobile.malloc import retain_freed_memory
 
 log = logging.getLogger(__name__)

@@ -202,7 +202,7 @@ print(result.test_accuracy)
         f"{os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}; medians with (min..max) over {args.rounds} rounds, "
         f"whole run {(time.perf_counter() - started) / 60:.0f} min.",
         "",
-        f"| measurement | figure |",
+        "| measurement | figure |",
         "| --- | --- |",
         *[f"| cache build, {args.small:,} JPEGs of 100-500 px, at {label} | {spread(v)} images/s |" for label, v in rates.items()],
         f"| proxy batch read from the 32 px cache (125 random images, normalized) | {spread([s * 1e3 for s in speed['read_s']], '{:.1f}')} ms |",

@@ -44,8 +44,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from akd_mobile.errors import DeviceError, DeviceUnavailable, ParseError
-from devices.base import RUNTIME_OF_FORMAT, DeviceInfo, LatencyResult
+from akd_base.errors import DeviceError, DeviceUnavailable, ParseError
+from akd_base.formats import RUNTIME_OF_FORMAT
+from akd_base.measurement import DeviceInfo, LatencyResult
 from devices.local import check_min_time
 from devices.parsers import (
     TOOL_PARSERS,
@@ -96,7 +97,7 @@ class ToolSpec:
             DeviceError: the tool file does not exist.
         """
         if self.path == BUILTIN_RUNNER:
-            from akd_mobile.files import default_cache_dir
+            from akd_base.files import default_cache_dir
             from devices.loopback_runner import write_launcher
 
             return write_launcher(default_cache_dir() / "loopback")
@@ -450,7 +451,7 @@ class AdbDevice:
         Raises:
             DeviceError: no tools in the profile, a missing tool file, or a device failure.
         """
-        from akd_mobile.export import file_sha256
+        from akd_base.files import file_sha256
 
         if not self.settings.tools:
             raise DeviceError(f"{self.where} names no benchmark tools: add a [tools.tflite] or [tools.pte] table")
@@ -466,7 +467,7 @@ class AdbDevice:
 
     def _verified_tool(self, tool: ToolSpec) -> tuple[str, str]:
         """The tool's remote path and checksum, checked on the device (once per connection)."""
-        from akd_mobile.export import file_sha256
+        from akd_base.files import file_sha256
 
         local = tool.local_path()
         sha = file_sha256(local)
@@ -537,7 +538,7 @@ class AdbDevice:
         return self._info
 
     def _read_info(self, _attempt: int) -> DeviceInfo:
-        from akd_mobile.export import file_sha256
+        from akd_base.files import file_sha256
 
         _, props_text = self._shell("getprop")
         props = parse_getprop(props_text)
@@ -595,7 +596,7 @@ class AdbDevice:
             DeviceError: a bad file or counts, a tool not set up, a device failure after the
                 retries, or tool output with no timing (ParseError).
         """
-        from akd_mobile.export import file_sha256
+        from akd_base.files import file_sha256
         from devices.local import check_artifact, check_counts
 
         artifact = check_artifact(artifact)

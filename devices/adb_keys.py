@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 
 HEADER = struct.Struct("<6I")
 SYNC_HEADER = struct.Struct("<4sI")

@@ -22,8 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from akd_mobile.errors import DeviceError
-from devices.base import DeviceInfo, LatencyResult
+from akd_base.errors import DeviceError
+from akd_base.measurement import DeviceInfo, LatencyResult
 
 log = logging.getLogger(__name__)
 

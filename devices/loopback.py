@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 from devices import adb_protocol as proto
 
 log = logging.getLogger(__name__)

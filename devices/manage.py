@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from akd_mobile.errors import AkdError, DeviceError, ExportError
+from akd_base.errors import AkdError, DeviceError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def check_model(fmt: str, cache_dir: Path | None = None) -> Path:
     Raises:
         ExportError: an unknown format or a failing converter.
     """
-    from akd_mobile.files import default_cache_dir
+    from akd_base.files import default_cache_dir
 
     if fmt not in CHECK_FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(CHECK_FORMATS)}")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from akd_mobile.errors import ParseError
-from devices.base import LatencyResult
+from akd_base.errors import ParseError
+from akd_base.measurement import LatencyResult
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _FIELD = re.compile(rf"\b([a-z_0-9]+)=({_NUMBER})")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 from devices.base import Device
 
 log = logging.getLogger(__name__)

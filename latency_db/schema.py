@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from akd_mobile.errors import DatabaseError
+from akd_base.errors import DatabaseError
 
 V1_LATENCY = """
 CREATE TABLE devices (

@@ -26,8 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from akd_mobile.errors import DatabaseError
-from devices.base import DeviceInfo, LatencyResult
+from akd_base.errors import DatabaseError
+from akd_base.formats import FORMATS
+from akd_base.measurement import DeviceInfo, LatencyResult
 from latency_db.schema import MIGRATIONS, migrate
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ BUSY_TIMEOUT_S = 60.0
 # the runs took twice as long (throttling, a background load, a core switch) and the median
 # itself may be off.
 NOISY_P90_RATIO = 2.0
-FORMATS = ("tflite", "pte")
 # The columns a measurement row is written with, in this order (by `record` and by an import).
 MEASUREMENT_COLUMNS = (
     "uid", "arch_key", "format", "device_fingerprint", "artifact_sha256", "runtime_version", "converter_version",

@@ -24,8 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from akd_mobile.errors import DatabaseError
-from latency_db.store import FORMATS, LatencyDB, insert_measurement_sql, timestamp
+from akd_base.errors import DatabaseError
+from akd_base.formats import FORMATS
+from latency_db.store import LatencyDB, insert_measurement_sql, timestamp
 
 SCHEMA = "akd-mobile-latency/1"
 

@@ -9,12 +9,12 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 from akd_mobile.export import export_model
 from akd_mobile.latency import arch_latency, runtime_version
 from akd_mobile.space import get_space
 from cli import cli
-from devices.base import DeviceInfo
+from akd_base.measurement import DeviceInfo
 from devices.local import LocalDevice
 from latency_db import open_db
 
@@ -82,7 +82,7 @@ def test_export_command(tmp_path):
 
 
 def test_latency_commands(tmp_path):
-    from devices.base import LatencyResult
+    from akd_base.measurement import LatencyResult
 
     db_path = tmp_path / "q.sqlite"
     info = DeviceInfo("local", "Xeon", "Xeon", "x86_64", 2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from akd_mobile.controller import EvolutionStrategy, RLStrategy, make_strategy
-from akd_mobile.errors import SearchError
+from akd_base.errors import SearchError
 from akd_mobile.space import get_space
 
 SPACE = get_space("mnasnet-small")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import cli
 from akd_mobile.data import FASHION_MNIST_DIR, DataOptions, load_dataset, read_idx
-from akd_mobile.errors import DataError
+from akd_base.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from akd_mobile.errors import DeviceError, DeviceUnavailable, ParseError
+from akd_base.errors import DeviceError, DeviceUnavailable, ParseError
 from devices.adb import AdbDevice, AdbSettings
 from devices.adb_keys import generate_key, load_signer, public_key_line
 from devices.manage import check_model
@@ -125,7 +125,7 @@ def test_loopback_runner_reads_benchmark_models_flags(tiny_tflite: Path, capsys)
 
 
 def test_push_is_skipped_when_the_same_file_is_there(device: AdbDevice, served, tiny_tflite: Path, monkeypatch) -> None:
-    from akd_mobile.export import file_sha256
+    from akd_base.files import file_sha256
 
     remote = served.root / f"data/local/tmp/akd/{file_sha256(tiny_tflite)[:16]}.tflite"
     remote.write_bytes(tiny_tflite.read_bytes())

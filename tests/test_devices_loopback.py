@@ -188,7 +188,7 @@ def test_clean_shutdown_kills_running_commands(tmp_path: Path, key: Path) -> Non
 
 
 def test_public_key_file_errors(tmp_path: Path) -> None:
-    from akd_mobile.errors import DeviceError
+    from akd_base.errors import DeviceError
 
     bad = tmp_path / "keys"
     bad.write_text("-----BEGIN PRIVATE KEY-----\n")

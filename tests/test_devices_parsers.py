@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from akd_mobile.errors import ParseError
+from akd_base.errors import ParseError
 from devices.parsers import (
     parse_benchmark_model,
     parse_cpu_list,

@@ -15,7 +15,7 @@ import cli
 from akd_mobile.builder import build_student
 from akd_mobile.data import load_dataset
 from akd_mobile.distill import ProxyBudget, TrainConfig, kd_loss, proxy_score, torch_threads, train_student
-from akd_mobile.errors import DistillError
+from akd_base.errors import DistillError
 from akd_mobile.space import get_space
 
 # The cheapest architecture of mnasnet-small: depthwise blocks, fewest layers.

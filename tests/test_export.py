@@ -12,9 +12,9 @@ import torch
 
 from akd_mobile import export as export_mod
 from akd_mobile.builder import build_student
-from akd_mobile.errors import ExportError
+from akd_base.errors import ExportError
 from akd_mobile.export import DEFAULT_ATOL, converter_version, export_model, file_sha256, save_as
-from akd_mobile.files import default_cache_dir
+from akd_base.files import default_cache_dir
 from akd_mobile.space import get_space
 
 SMALL = get_space("mnasnet-small").sample(random.Random(1))

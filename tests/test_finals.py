@@ -156,7 +156,7 @@ def test_finalize_trains_exports_measures_and_resumes_after_a_kill(tmp_path, mon
     assert manifest["device"]["fingerprint"] and manifest["data"]["spec"] == "digits"
     assert manifest["versions"]["torch"].startswith("2.") and manifest["teacher"] is None  # a ce run
     assert [m["key"] for m in manifest["finals"]] == [f["arch_key"] for f in finals]
-    from akd_mobile.export import file_sha256
+    from akd_base.files import file_sha256
 
     assert all(file_sha256(out / m["weights"]) == m["weights_sha256"] for m in manifest["finals"])
 

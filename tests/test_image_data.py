@@ -20,7 +20,7 @@ from akd_mobile import image_cache
 from akd_mobile.augment import Augmentation
 from akd_mobile.data import DataOptions, load_dataset
 from akd_mobile.distill import ProxyBudget, TrainConfig, proxy_score, train_student
-from akd_mobile.errors import DataError, DistillError
+from akd_base.errors import DataError, DistillError
 from akd_mobile.image_cache import CachedImages, Preprocessing, decode_image
 from akd_mobile.image_sets import list_folder
 from akd_mobile.space import get_space

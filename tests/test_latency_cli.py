@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from devices.base import DeviceInfo, LatencyResult
+from akd_base.measurement import DeviceInfo, LatencyResult
 from latency_db import open_db, schema
 from latency_db.store import NOISY_P90_RATIO
 

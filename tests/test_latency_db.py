@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from akd_mobile.errors import DatabaseError
-from devices.base import DeviceInfo, LatencyResult
+from akd_base.errors import DatabaseError
+from akd_base.measurement import DeviceInfo, LatencyResult
 from latency_db import open_db
 from latency_db import schema
 from latency_db.store import Artifact, check_query, default_db_path
@@ -26,7 +26,7 @@ HOST = DeviceInfo("local", "Xeon", "Xeon", "x86_64", 2, (), {"litert": "2.3.0", 
 # stop inside an open transaction.
 WRITER = """
 import sys, time
-from devices.base import DeviceInfo, LatencyResult
+from akd_base.measurement import DeviceInfo, LatencyResult
 from latency_db import open_db
 import os
 path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

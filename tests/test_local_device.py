@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from akd_mobile.errors import DeviceError
+from akd_base.errors import DeviceError
 from akd_mobile.export import export_model
 from akd_mobile.space import get_space
 from devices import local_runner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from akd_mobile.errors import SearchError
+from akd_base.errors import SearchError
 from akd_mobile.reward import RewardConfig, mnas_reward
 
 

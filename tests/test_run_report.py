@@ -11,7 +11,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from akd_mobile.errors import ReportError
+from akd_base.errors import ReportError
 from akd_mobile.run_report import FIGURES, LiveReport, load_runs, pareto_front, write_report
 from akd_mobile.runs import RunStore
 from akd_mobile.search import SearchConfig, run_search

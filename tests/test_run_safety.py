@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import akd_mobile.search as search_module
-from akd_mobile.errors import DeviceUnavailable, ExportError
+from akd_base.errors import DeviceUnavailable, ExportError
 from akd_mobile.runs import CandidateOutcome, RunStore
 from akd_mobile.space import get_space
 from cli import cli
@@ -307,7 +307,7 @@ def test_resume_command_names_the_database_unless_it_is_the_default(tmp_path):
 
 
 def test_cli_exit_codes_follow_the_signal(monkeypatch):
-    from akd_mobile.errors import Interrupted
+    from akd_base.errors import Interrupted
 
     def stop(*args, **kwargs):
         raise Interrupted("run 1 stopped by SIGTERM; continue with: akd-mobile search --resume 1", 15)

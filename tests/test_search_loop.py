@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import akd_mobile.search as search_module
-from akd_mobile.errors import Interrupted, SearchError
+from akd_base.errors import Interrupted, SearchError
 from akd_mobile.reward import RewardConfig, mnas_reward
 from akd_mobile.runs import CandidateOutcome, RunStore
 from akd_mobile.search import SearchConfig, SearchInputs, run_search
@@ -169,7 +169,7 @@ def test_unknown_run_and_bad_config(fake, tmp_path):
 
 def test_measurement_defaults_come_from_the_profile(fake, tmp_path):
     from akd_mobile.search import resolve_device_defaults
-    from akd_mobile.errors import DeviceError
+    from akd_base.errors import DeviceError
     from devices.profiles import load_profile
 
     local = load_profile("local").settings

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from akd_mobile.errors import ArchStringError, SpaceError
+from akd_base.errors import ArchStringError, SpaceError
 from akd_mobile.space import ArchSpec, get_space, parse_shape
 
 SPACES = [get_space("mnasnet-small"), get_space("mnasnet-imagenet"), get_space("mnasnet-small", (3, 32, 32), 10)]

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from akd_mobile.errors import StudyError
+from akd_base.errors import StudyError
 from akd_mobile.space import get_space
 from akd_mobile.study import StudyConfig, plan_jobs, select_students, study_config
 from teacher_support import linear_digits_teacher

@@ -13,7 +13,7 @@ from torch import nn
 
 import cli
 from akd_mobile.data import FASHION_MNIST_DIR, Dataset, load_dataset
-from akd_mobile.errors import TeacherError
+from akd_base.errors import TeacherError
 from akd_mobile.teachers import (
     DEFAULT_TEACHER,
     RECIPES,

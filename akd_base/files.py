@@ -1,8 +1,9 @@
-"""Files on disk: where akd-mobile caches them, and writing them whole (a reader or a kill
-never sees half of one)."""
+"""Files on disk: where akd-mobile caches them, writing them whole (a reader or a kill never
+sees half of one), and naming their contents by hash."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -27,3 +28,12 @@ def default_cache_dir() -> Path:
         return Path(os.environ["AKD_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "akd-mobile"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
