@@ -8,7 +8,8 @@ the classes. Mode `ce` trains on labels only: conventional NAS, the paper's base
 
 Each step gathers one batch by index, from an in-memory tensor or from an image cache on
 disk (`image_cache.CachedImages`), with no per-sample Python work; full training augments
-the batch (`augment`), the proxy does not. Models and inputs use the channels-last memory layout, which
+the batch (`augment`), the proxy does not. Models and inputs use the channels-last memory
+layout, which
 oneDNN's CPU convolutions run several times faster than NCHW.
 """
 
@@ -33,7 +34,7 @@ from akd_mobile.augment import Augmentation, check_setting
 from akd_mobile.data import Dataset, Images
 from akd_base.errors import DeviceError, DistillError
 from akd_mobile.malloc import retain_freed_memory
-from akd_mobile.shards import ShardedSteps, plan_shards
+from akd_mobile.shards import ShardedSteps, ShardLoss, plan_shards
 from akd_mobile.space import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -461,12 +462,14 @@ def _train_steps(
     per_pass = n // batch_size
     perms: dict[int, torch.Tensor] = {}
     loss = torch.zeros(())
-    batch: dict[str, torch.Tensor | None] = {}
 
-    def shard_loss(replica: nn.Module, part: torch.Tensor) -> torch.Tensor:
-        xb, yb, tb = batch["x"], batch["y"], batch["t"]
-        out = replica(_layout(xb[part]))  # type: ignore[index]
-        return F.cross_entropy(out, yb[part]) if tb is None else kd_loss(out, tb[part], yb[part], temperature, alpha)  # type: ignore[index]
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor, tb: torch.Tensor | None) -> ShardLoss:
+        """The loss of a shard (positions `part` within the batch) on a replica."""
+        def shard_loss(replica: nn.Module, part: torch.Tensor) -> torch.Tensor:
+            out = replica(_layout(xb[part]))
+            return F.cross_entropy(out, yb[part]) if tb is None else kd_loss(out, tb[part], yb[part], temperature, alpha)
+
+        return shard_loss
 
     shards, intra_threads = plan_shards(torch.get_num_threads(), batch_size, y.device)
     within_batch = torch.arange(batch_size, device=y.device)
@@ -481,10 +484,9 @@ def _train_steps(
             if augment.active:
                 xb = augment(xb, torch.Generator().manual_seed(seed * 1_000_003 + step))
             on = idx.to(y.device)
-            batch.update(x=xb, y=y[on], t=None if t is None else t[on])
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            loss = sharded.gradients(within_batch, shard_loss)
+            loss = sharded.gradients(within_batch, batch_loss(xb, y[on], None if t is None else t[on]))
             optimizer.step()
     seconds = time.perf_counter() - start
     final = float(loss.detach())

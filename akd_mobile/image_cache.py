@@ -208,6 +208,7 @@ def _decode_into(pixels: Path, meta_path: Path, meta: _Meta, files: Sequence[Pat
 
     try:
         os.ftruncate(fd, len(files) * image_bytes)
+        sums, squares = np.asarray(meta.sums, dtype=np.float64), np.asarray(meta.squares, dtype=np.float64)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for start in range(meta.done, len(files), CHUNK_IMAGES):
                 stop = min(len(files), start + CHUNK_IMAGES)
@@ -219,12 +220,12 @@ def _decode_into(pixels: Path, meta_path: Path, meta: _Meta, files: Sequence[Pat
                     chunk[i - start] = out
                     if normalizing[i]:
                         flat = out.reshape(-1, pre.channels).astype(np.float64) / 255.0
-                        meta.sums = (np.asarray(meta.sums) + flat.sum(0)).tolist()
-                        meta.squares = (np.asarray(meta.squares) + (flat * flat).sum(0)).tolist()
+                        sums += flat.sum(0)
+                        squares += (flat * flat).sum(0)
                         meta.count += flat.shape[0]
                 os.pwrite(fd, chunk.tobytes(), start * image_bytes)
                 os.fsync(fd)
-                meta.done = stop
+                meta.done, meta.sums, meta.squares = stop, sums.tolist(), squares.tolist()
                 meta.write(meta_path)
                 progress(stop)
     finally:
