@@ -281,19 +281,25 @@ def test_search_and_distill_run_on_a_folder_of_photos(tmp_path):
 
 @pytest.mark.slow
 def test_a_data_set_larger_than_the_memory_limit_still_trains(tmp_path):
-    """3,000 photos at 64x64x3 take 141 MiB as float32 tensors. After a warm-up training on 256
-    of them in memory, the process's address space is capped 150 MiB above its peak, and a
-    whole epoch on the cache must leave its peak resident memory within 60 MiB of the
-    warm-up's: the set streams from disk, it is never held."""
+    """3,000 photos at 64x64x3 take 35 MiB as uint8 pixels and 141 MiB as float32 tensors.
+    After a warm-up training on 256 of them in memory, the process's address space is capped
+    150 MiB above its peak, and a whole epoch on the cache must leave the memory the process
+    holds (its resident set once malloc_trim has returned the free heap, with the data set
+    still referenced) within 20 MiB of the warm-up's: the set streams from disk, it is never
+    held, neither as tensors nor as touched pages of a mapped file.
+
+    (Peak resident memory is no measure of this: one evaluation batch's activations set it, and
+    how far they reach differs by some 100 MiB between CPUs and allocator histories.)"""
     root = image_folder(tmp_path / "big", per_class=1000, sizes=(64, 96), seed=3)
     script = textwrap.dedent(f"""
-        import dataclasses, random, resource, sys
+        import ctypes, dataclasses, random, resource, sys
         sys.path.insert(0, {str(ROOT)!r})
         import torch
         from akd_mobile.data import DataOptions, load_dataset
         from akd_mobile.distill import TrainConfig, train_student
         from akd_mobile.space import get_space
         def status_mb(field):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
             for line in open("/proc/self/status"):
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
@@ -303,16 +309,16 @@ def test_a_data_set_larger_than_the_memory_limit_still_trains(tmp_path):
         config = TrainConfig(epochs=1, batch_size=32, augment="crop")
         first = {{name: getattr(data, name)[:256] for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}}
         train_student(arch, dataclasses.replace(data, **first), None, config, "ce")
-        warm_peak = status_mb("VmHWM")
+        warm_held = status_mb("VmRSS")
         limit = int((status_mb("VmPeak") + 150) * 2**20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         _, result = train_student(arch, data, None, config, "ce")
         images = len(data.train_y) + len(data.val_y) + len(data.test_y)
-        print(images, images * 3 * 64 * 64 * 4 / 2**20, status_mb("VmHWM") - warm_peak, result.test_accuracy)
+        print(images, images * 3 * 64 * 64 * 4 / 2**20, status_mb("VmRSS") - warm_held, result.test_accuracy)
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     images, float_mb, growth_mb, _ = (float(v) for v in done.stdout.split())
     assert images == 3000 and float_mb > 140, done.stdout
-    assert growth_mb < 60, f"peak resident memory grew by {growth_mb:.0f} MiB while training on the cache"
+    assert growth_mb < 20, f"the process holds {growth_mb:.0f} MiB more after an epoch on the cache"
