@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -325,45 +326,46 @@ def _stats_line(r: dict[str, Any]) -> str:
 @click.option("--device", "device_name", default="local", show_default=True, help="Device profile name or .toml path.")
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None,
               help="Export format for an ARCH (default tflite); a file's own suffix otherwise.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--min-time", "min_time_s", type=click.FloatRange(min=0, max=86400), default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the profile's).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed runs first (default: the profile's).")
+@click.option("--runs", type=click.IntRange(min=1), default=None, help="Timed runs, at least (default: the profile's).")
+@click.option("--min-time", "min_time_s", type=float, default=None,
               help="Least seconds of timed runs, in all: runs go on past --runs until then "
-                   "(default: the device profile's min_time_s, else 0).")
+                   "(default: the profile's).")
 @space_options
 @db_option
 @json_option
 @verbose_option
 def bench(model_or_arch, device_name, fmt, threads, warmup, runs, min_time_s, space_name, input_shape, classes,
           db_path, as_json):
-    """Measure a .tflite/.pte file or an architecture on a device, print and store it."""
+    """Measure a .tflite/.pte file or an architecture on a device, print and store it.
+
+    Unset measurement options take the device profile's, else the defaults of
+    akd_base.measurement.MeasureSettings."""
     from akd_base.errors import DatabaseError
-    from akd_mobile.latency import measure_arch, measure_file, store_measurement
-    from devices.local import check_min_time
+    from akd_mobile.latency import LatencyService
     from devices.profiles import load_profile, open_device
     from latency_db import open_db
 
-    profile = load_profile(device_name)
-    device = open_device(profile)
-    if min_time_s is None:
-        min_time_s = profile.settings.get("min_time_s", 0.0)
-    min_time_s = check_min_time(min_time_s, "--min-time")
     is_file = model_or_arch.endswith((".tflite", ".pte")) or Path(model_or_arch).is_file()
     if is_file and fmt is not None and not model_or_arch.endswith(f".{fmt}"):
         raise click.UsageError(f"--format {fmt} does not match the file {model_or_arch}")
+    profile = load_profile(device_name)
+    if is_file:  # the file's own format (measure_file names a file of neither)
+        fmt = "pte" if model_or_arch.endswith(".pte") else "tflite"
+    settings = profile.measure.with_options(fmt=fmt, threads=threads, warmup=warmup, runs=runs, min_time_s=min_time_s)
+    device = open_device(profile)
     arch = None if is_file else _space(space_name, input_shape, classes).decode(model_or_arch)
     with open_db(db_path) as db:
-        if arch is None:
-            new = measure_file(Path(model_or_arch), device, db, threads, warmup, runs, min_time_s)
-        else:
-            new = measure_arch(arch, device, fmt or "tflite", threads, warmup, runs, min_time_s=min_time_s)
+        service = LatencyService(device, db, settings)
+        new = service.measure_file(Path(model_or_arch)) if arch is None else service.measure(arch)
         out = new.outcome
-        d = {**out.to_dict(), "device": device.name, "min_time_s": min_time_s}
+        d = {**out.to_dict(), "device": device.name, "threads": settings.threads, "warmup": settings.warmup,
+             "runs": settings.runs, "min_time_s": settings.min_time_s}
         emit(d, as_json, f"{out.arch_key or Path(model_or_arch).name}  {out.fmt}  {device.name}  "
-                         f"threads {threads}  {_stats_line(d)}")
+                         f"threads {settings.threads}  {_stats_line(d)}")
         try:
-            store_measurement(db, new)
+            service.store(new)
         except DatabaseError as exc:
             raise DatabaseError(f"{exc}; the measurement printed above was not stored") from None
 
@@ -392,7 +394,7 @@ def export(arch, fmt, out, weights, space_name, input_shape, classes, as_json):
 
 @cli.group()
 def latency() -> None:
-    """Query, summarise, export and import the latency database."""
+    """Query, summarise, export and import the latency database; sweep, fit, predict and evaluate predictors."""
 
 
 @latency.command("query")
@@ -467,6 +469,141 @@ def latency_import(file, db_path, as_json):
     emit({"added": r.added, "skipped": r.skipped}, as_json, f"added {r.added}, skipped {r.skipped} already present")
 
 
+def _model_key(db, device: str, fmt: str, threads: int | None, runtime: str | None):
+    """The predictor key of a device the database knows (name or fingerprint); threads
+    default to the device profile's (else MeasureSettings' default)."""
+    from akd_base.errors import DeviceError
+    from akd_base.measurement import MeasureSettings
+    from devices.profiles import load_profile
+    from latency_db.predictors import resolve_key
+
+    if threads is None:
+        try:
+            threads = load_profile(device).measure.threads
+        except DeviceError:  # a fingerprint, or a profile only the database knows
+            threads = MeasureSettings().threads
+    return resolve_key(db, device, fmt, threads, runtime)
+
+
+def predictor_options(f):
+    """--device, --format, --threads, --runtime: which device's measurements a predictor is of."""
+    f = click.option("--runtime", default=None, help="Runtime version, e.g. 'litert 2.3.0' (default: the newest measured).")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Inference threads (default: the device profile's).")(f)
+    f = click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default="tflite", show_default=True)(f)
+    f = click.option("--device", required=True, help="Device profile name or fingerprint in the database.")(f)
+    return f
+
+
+@latency.command("sweep")
+@click.option("--device", "device_name", default="local", show_default=True, help="Device profile name or .toml path.")
+@click.option("--n", "count", type=click.IntRange(min=1), required=True, help="Architectures to measure.")
+@click.option("--repeat", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Measure the first K a second time, after the others (the device's noise floor).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Default: the profile's.")
+@click.option("--runs", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
+@click.option("--min-time", "min_time_s", type=float, default=None, help="Default: the profile's.")
+@space_options
+@db_option
+@json_option
+@verbose_option
+def latency_sweep(device_name, count, repeat, seed, fmt, threads, warmup, runs, min_time_s, space_name, input_shape,
+                  classes, db_path, as_json):
+    """Measure N students spread over the space's cost range, to fit a predictor (resumable:
+    the same command skips what the database holds)."""
+    from akd_mobile.latency import LatencyService
+    from akd_mobile.latency_sweep import run_sweep, sweep_archs
+    from devices.profiles import load_profile, open_device
+    from latency_db import open_db
+
+    profile = load_profile(device_name)
+    settings = profile.measure.with_options(fmt=fmt, threads=threads, warmup=warmup, runs=runs, min_time_s=min_time_s)
+    space = _space(space_name, input_shape, classes)
+    archs = sweep_archs(space, count, seed)
+
+    def show(p):
+        if not as_json:
+            what = f"failed: {p.error}" if p.error else f"{p.median_ms:.3f} ms{' (in the database)' if p.cached else ''}"
+            click.echo(f"{p.index}/{p.total}  {p.arch_key}  {what}")
+
+    with open_db(db_path) as db:
+        summary = run_sweep(LatencyService(open_device(profile), db, settings), archs, repeat, show)
+    d = dataclasses.asdict(summary)
+    emit(d, as_json, f"measured {d['measured']}, already in the database {d['cached']}, failed {d['failed']}, "
+                     f"repeated {d['repeated']}")
+
+
+@latency.command("fit")
+@predictor_options
+@db_option
+@json_option
+def latency_fit(device, fmt, threads, runtime, db_path, as_json):
+    """Fit a latency predictor on the device's measurements and store it."""
+    from akd_mobile.latency_predictor import fit_stored
+    from latency_db import open_db
+
+    with open_db(db_path) as db:
+        stored = fit_stored(db, _model_key(db, device, fmt, threads, runtime))
+    d = {"model_id": stored.id, "kind": stored.kind, "archs": stored.archs,
+         "measurements": len(stored.measurement_uids), "band": stored.band, "key": dataclasses.asdict(stored.key)}
+    emit(d, as_json, f"latency model {stored.id} for {stored.key.describe()}: fitted on {stored.archs} architectures "
+                     f"({d['measurements']} measurements), 95% of its cross-validated predictions within "
+                     f"+-{stored.band:.1%}")
+
+
+@latency.command("predict")
+@click.argument("arch")
+@predictor_options
+@space_options
+@db_option
+@json_option
+def latency_predict(arch, device, fmt, threads, runtime, space_name, input_shape, classes, db_path, as_json):
+    """Predict ARCH's latency with the device's newest latency model."""
+    from akd_mobile.latency_predictor import Predictor
+    from latency_db import open_db
+
+    spec = _space(space_name, input_shape, classes).decode(arch)
+    with open_db(db_path, read_only=True) as db:
+        p = Predictor(db, _model_key(db, device, fmt, threads, runtime)).predict(spec)
+    emit({"arch_key": spec.key, **p.to_dict()}, as_json,
+         f"{spec.key}  {p.median_ms:.3f} ms (+-{p.band:.1%}, latency model {p.model_id})")
+
+
+@latency.command("eval")
+@predictor_options
+@click.option("--sizes", default="10,30,100,300", show_default=True, help="Training sizes, comma-separated.")
+@click.option("--held-out", type=click.IntRange(min=1), default=None, help="Architectures held out (default: half).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@db_option
+@json_option
+def latency_eval(device, fmt, threads, runtime, sizes, held_out, seed, db_path, as_json):
+    """Predictions on held-out architectures against their measurements, per training size,
+    beside the device's agreement with itself."""
+    from akd_mobile.latency_eval import evaluate_predictor
+    from latency_db import open_db
+    from latency_db.predictors import keyed_measurements
+
+    try:
+        size_list = tuple(int(v) for v in sizes.split(","))
+    except ValueError:
+        raise click.UsageError(f"--sizes must be integers separated by commas, got {sizes!r}") from None
+    with open_db(db_path, read_only=True) as db:
+        key = _model_key(db, device, fmt, threads, runtime)
+        e = evaluate_predictor(keyed_measurements(db, key), key, size_list, held_out, seed)
+    lines = [f"{key.describe()}: {e.archs} architectures, {e.held_out} held out (seed {seed})",
+             f"{'train':>6}  {'within 10%':>10}  {'95% lower':>9}  {'RMSPE':>6}  {'tau':>5}  {'band':>6}"]
+    lines += [f"{r.train_archs:>6}  {r.agreement.share:>10.1%}  {r.agreement.lower:>9.1%}  {r.rmspe:>6.1%}  "
+              f"{r.kendall_tau:>5.3f}  {r.band:>6.1%}" for r in e.results]
+    noise = e.noise
+    lines.append("noise floor: no architecture measured twice (latency sweep --repeat K)" if noise is None else
+                 f"noise floor: {noise.within} of {noise.trials} repeated measurements within 10% of the first "
+                 f"({noise.share:.1%}, 95% lower bound {noise.lower:.1%})")
+    emit(e.to_dict(), as_json, "\n".join(lines))
+
+
 # ---------------------------------------------------------------- devices
 
 
@@ -518,7 +655,7 @@ def devices_setup(name, as_json):
 @verbose_option
 def devices_check(name, fmt, as_json):
     """Push a tiny model to NAME, run its tool, parse and print the latency."""
-    from devices.manage import check_device
+    from akd_mobile.device_check import check_device
 
     r = check_device(name, fmt)
     lat = r["latency"]

@@ -43,6 +43,10 @@ class ParseError(DeviceError):
     """Benchmark tool output with no timing in it."""
 
 
+class PredictorError(AkdError):
+    """Too few measurements to fit a latency predictor, or no predictor for a device."""
+
+
 class DatabaseError(AkdError):
     """A latency database that cannot be opened, migrated or queried."""
 

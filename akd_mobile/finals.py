@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from akd_base.errors import AkdError, FinalizeError, HostError, error_line, stops_the_run
 from akd_base.formats import FORMATS
 from akd_base.files import atomic_write
+from akd_base.measurement import MeasureSettings
 from akd_mobile.runs import best_first
 
 if TYPE_CHECKING:
@@ -297,26 +298,25 @@ def _finalize_one(index: int, picks: list[Pick], run_id: int, mode: str, config:
         (config.out / r["file"]).is_file() for r in row.result.values())
     if row.status != "done" or not files_here:
         report(FinalizeProgress(index, len(picks), key, "exporting and measuring"))
-        status, outcome, error = _export_and_measure(pick.arch, weights, device, db, search)
+        status, outcome, error = _export_and_measure(pick.arch, weights, device, db, search.measure)
         store.finish(row.id, status, outcome, config.out, error)
         row = store.find(run_id, key, mode, epochs)
     return row
 
 
 def _export_and_measure(arch: Any, weights: Path, device: Any, db: Any,
-                        search: Any) -> tuple[str, dict[str, Any], str | None]:
+                        measure: MeasureSettings) -> tuple[str, dict[str, Any], str | None]:
     """Per format: the trained model exported beside its weights, and its latency; a failure of
     this model's own is returned as `failed`, the device's or the host's raised."""
     from akd_mobile.export import export_model, save_as
-    from akd_mobile.latency import arch_latency
+    from akd_mobile.latency import LatencyService
 
     outcome: dict[str, Any] = {}
     for fmt in FORMATS:
         try:
             exported = export_model(arch, fmt, weights=weights)
             path = save_as(exported, weights.with_suffix(f".{fmt}"))
-            lat = arch_latency(arch, device, db, fmt=fmt, threads=search.threads, warmup=search.warmup,
-                               runs=search.runs, weights=weights, min_time_s=search.min_time_s or 0.0)
+            lat = LatencyService(device, db, dataclasses.replace(measure, fmt=fmt)).latency(arch, weights)
         except Exception as exc:  # noqa: BLE001 - a model that does not convert is this final's failure
             if stops_the_run(exc):
                 raise

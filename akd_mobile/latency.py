@@ -1,8 +1,11 @@
-"""A candidate's latency: from the database when known, else exported, measured and stored.
+"""The measurement service: the latency of an architecture (or a model file) on one device
+with one `MeasureSettings`: the database's when it holds it, else exported, measured and
+stored.
 
-`arch_latency` is what the search loop calls per candidate. `measure_arch` and
-`measure_file` always measure and store nothing: `store_measurement` records what they
-return (the `bench` command prints a measurement before it stores it).
+The search, `bench`, `devices check` and `finalize` all ask a `LatencyService`. It looks
+each architecture up once (a remembered answer serves the search's prefetch and its
+evaluation alike), and `measure`/`measure_file` measure without storing, so that `bench` can
+print a measurement before `store` records it.
 """
 
 from __future__ import annotations
@@ -13,17 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from akd_base.errors import DeviceError
-from akd_mobile.space import ArchSpec
+from akd_base.errors import DatabaseError, DeviceError
 from akd_base.formats import RUNTIME_OF_FORMAT
-from akd_base.measurement import DeviceInfo, LatencyResult
+from akd_base.measurement import DeviceInfo, LatencyResult, MeasureSettings, conditions_json
+from akd_mobile.space import ArchSpec
 from devices.base import Device
 from latency_db.store import Artifact, LatencyDB
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WARMUP = 10
-DEFAULT_RUNS = 50
 
 
 @dataclass(frozen=True)
@@ -69,29 +69,23 @@ class LatencyOutcome:
 
 @dataclass(frozen=True)
 class NewMeasurement:
-    """A measurement just made and not stored yet (see `store_measurement`).
+    """A measurement just made and not stored yet (see `LatencyService.store`).
 
     Attributes:
         outcome: the latency and where it came from.
         device: the device's description.
         device_name: the profile it was measured under.
         artifact: the measured file's database row.
-        threads: inference threads.
-        warmup: untimed runs first.
-        runs: timed runs asked for.
-        min_time_s: least seconds of timed runs asked for.
-        thermal: the device's conditions as JSON, None when its backend reports none.
+        settings: how it was measured.
+        conditions: how it ran (thermal state, ...), empty when the backend reports none.
     """
 
     outcome: LatencyOutcome
     device: DeviceInfo
     device_name: str
     artifact: Artifact
-    threads: int
-    warmup: int
-    runs: int
-    min_time_s: float
-    thermal: str | None
+    settings: MeasureSettings
+    conditions: dict[str, Any]
 
 
 def runtime_version(info: DeviceInfo, fmt: str) -> str:
@@ -105,99 +99,97 @@ def runtime_version(info: DeviceInfo, fmt: str) -> str:
     return f"{name} {version}"
 
 
-def arch_latency(
-    arch: ArchSpec,
-    device: Device,
-    db: LatencyDB,
-    fmt: str = "tflite",
-    threads: int = 1,
-    warmup: int = DEFAULT_WARMUP,
-    runs: int = DEFAULT_RUNS,
-    weights: Path | None = None,
-    min_time_s: float = 0.0,
-) -> LatencyOutcome:
-    """Latency of `arch` on `device`: a database hit, else export, measure and record.
+class LatencyService:
+    """Latencies on `device` measured with `settings`, kept in `db`.
 
     The database is keyed by (arch key, format, device fingerprint, threads, runtime
-    version); weights, warm-up, run counts and `min_time_s` do not enter the key.
+    version); weights, warm-up, run counts and the minimum time do not enter the key.
+    With `db` None the service only measures (`devices check`).
 
-    Raises:
-        ExportError: the export fails or disagrees with PyTorch.
-        DeviceError: the device cannot run the model.
+    Raises (on creation):
+        DeviceError: the device has no runtime for `settings.fmt`, or does not answer.
     """
-    stored = stored_latency(arch, device, db, fmt, threads)
-    if stored is not None:
-        return stored
-    return store_measurement(db, measure_arch(arch, device, fmt, threads, warmup, runs, weights, min_time_s))
 
+    def __init__(self, device: Device, db: LatencyDB | None, settings: MeasureSettings) -> None:
+        self.device = device
+        self.db = db
+        self.settings = settings
+        self.info = device.info()
+        self.runtime = runtime_version(self.info, settings.fmt)
+        self._known: dict[str, LatencyOutcome | None] = {}  # arch key -> the database's answer
 
-def stored_latency(arch: ArchSpec, device: Device, db: LatencyDB, fmt: str = "tflite",
-                   threads: int = 1) -> LatencyOutcome | None:
-    """The database's latency of `arch` on `device`, or None when it was never measured."""
-    info = device.info()
-    runtime = runtime_version(info, fmt)
-    hit = db.lookup(arch.key, fmt, info.fingerprint, threads, runtime)
-    if hit is None:
-        return None
-    return LatencyOutcome(hit, True, 0.0, 0.0, None, arch.key, fmt, info.fingerprint, runtime)
+    def lookup(self, arch: ArchSpec) -> LatencyOutcome | None:
+        """The database's latency of `arch`, or None when it was never measured (asked once
+        per architecture; a measurement this service stores updates the answer)."""
+        if arch.key not in self._known:
+            hit = None if self.db is None else self.db.lookup(
+                arch.key, self.settings.fmt, self.info.fingerprint, self.settings.threads, self.runtime)
+            self._known[arch.key] = None if hit is None else self._outcome(hit, arch.key)
+        return self._known[arch.key]
 
+    def latency(self, arch: ArchSpec, weights: Path | None = None) -> LatencyOutcome:
+        """The latency of `arch`: a database hit, else export (with `weights`, default
+        initialised ones), measure and store.
 
-def measure_arch(
-    arch: ArchSpec,
-    device: Device,
-    fmt: str = "tflite",
-    threads: int = 1,
-    warmup: int = DEFAULT_WARMUP,
-    runs: int = DEFAULT_RUNS,
-    weights: Path | None = None,
-    min_time_s: float = 0.0,
-) -> NewMeasurement:
-    """Export `arch` (a cache lookup when already exported) and measure it."""
-    from akd_mobile.export import export_model
+        Raises:
+            ExportError: the export fails or disagrees with PyTorch.
+            DeviceError: the device cannot run the model.
+            DatabaseError: the measurement cannot be stored.
+        """
+        return self.lookup(arch) or self.store(self.measure(arch, weights))
 
-    runtime = runtime_version(device.info(), fmt)
-    exported = export_model(arch, fmt, weights=weights)
-    artifact = Artifact(exported.sha256, fmt, exported.size_bytes, arch.to_json(), exported.converter_version)
-    return _measure(device, exported.path, artifact, arch.key, runtime, threads, warmup, runs, min_time_s,
-                    exported.seconds)
+    def measure(self, arch: ArchSpec, weights: Path | None = None) -> NewMeasurement:
+        """Export `arch` (a cache lookup when already exported) and measure it; nothing stored."""
+        from akd_mobile.export import export_model
 
+        exported = export_model(arch, self.settings.fmt, weights=weights)
+        artifact = Artifact(exported.sha256, self.settings.fmt, exported.size_bytes, arch.to_json(),
+                            exported.converter_version)
+        return self._measure(exported.path, artifact, arch.key, exported.seconds)
 
-def measure_file(path: Path, device: Device, db: LatencyDB, threads: int = 1,
-                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, min_time_s: float = 0.0) -> NewMeasurement:
-    """Measure a `.tflite` or `.pte` file, under the architecture key an earlier export of
-    the same bytes recorded in `db` (only read), if any."""
-    from akd_base.files import file_sha256
-    from devices.local import check_artifact
+    def measure_file(self, path: Path) -> NewMeasurement:
+        """Measure a `.tflite` or `.pte` file of the settings' format, under the architecture key
+        an earlier export of the same bytes recorded in the database (only read), if any."""
+        from akd_base.files import file_sha256
+        from devices.local import check_artifact
 
-    path = check_artifact(path)
-    fmt = path.suffix[1:]
-    runtime = runtime_version(device.info(), fmt)
-    sha = file_sha256(path)
-    artifact = Artifact(sha, fmt, path.stat().st_size)
-    return _measure(device, path, artifact, db.arch_key_of(sha), runtime, threads, warmup, runs, min_time_s, 0.0)
+        path = check_artifact(path)
+        if path.suffix != f".{self.settings.fmt}":
+            raise DeviceError(f"{path} is not a .{self.settings.fmt} file")
+        sha = file_sha256(path)
+        artifact = Artifact(sha, self.settings.fmt, path.stat().st_size)
+        arch_key = None if self.db is None else self.db.arch_key_of(sha)
+        return self._measure(path, artifact, arch_key, 0.0)
 
+    def store(self, new: NewMeasurement) -> LatencyOutcome:
+        """Record a measurement of `measure` or `measure_file`; returns its outcome.
 
-def store_measurement(db: LatencyDB, new: NewMeasurement) -> LatencyOutcome:
-    """Record a measurement of `measure_arch` or `measure_file` in `db`; returns its outcome.
+        Raises:
+            DatabaseError: no database, or one that cannot be written.
+        """
+        if self.db is None:
+            raise DatabaseError("this latency service has no database to store measurements in")
+        out, settings = new.outcome, new.settings
+        self.db.record(new.device, out.result, fmt=out.fmt, threads=settings.threads, warmup=settings.warmup,
+                       runs=settings.runs, min_time_s=settings.min_time_s, runtime_version=out.runtime_version,
+                       arch_key=out.arch_key, artifact=new.artifact, device_name=new.device_name,
+                       thermal=conditions_json(new.conditions))
+        if out.arch_key is not None:
+            self._known[out.arch_key] = self._outcome(out.result, out.arch_key)
+        return out
 
-    Raises:
-        DatabaseError: the database cannot be written.
-    """
-    out = new.outcome
-    db.record(new.device, out.result, fmt=out.fmt, threads=new.threads, warmup=new.warmup, runs=new.runs,
-              min_time_s=new.min_time_s, runtime_version=out.runtime_version, arch_key=out.arch_key,
-              artifact=new.artifact, device_name=new.device_name, thermal=new.thermal)
-    return out
+    def _outcome(self, result: LatencyResult, arch_key: str) -> LatencyOutcome:
+        """A database answer for `arch_key`."""
+        return LatencyOutcome(result, True, 0.0, 0.0, None, arch_key, self.settings.fmt, self.info.fingerprint,
+                              self.runtime)
 
-
-def _measure(device: Device, path: Path, artifact: Artifact, arch_key: str | None, runtime: str, threads: int,
-             warmup: int, runs: int, min_time_s: float, export_s: float) -> NewMeasurement:
-    info = device.info()
-    start = time.perf_counter()
-    result = device.measure(path, threads, warmup, runs, min_time_s)
-    measure_s = time.perf_counter() - start
-    conditions = getattr(device, "last_conditions", None)  # adb devices: thermal state, CPU mask, ...
-    log.info("%s %s on %s: median %.3f ms", arch_key or path.name, artifact.fmt, device.name, result.median_ms)
-    outcome = LatencyOutcome(result, False, export_s, measure_s, path, arch_key, artifact.fmt, info.fingerprint, runtime)
-    return NewMeasurement(outcome, info, device.name, artifact, threads, warmup, runs, min_time_s,
-                          conditions.to_json() if conditions is not None else None)
+    def _measure(self, path: Path, artifact: Artifact, arch_key: str | None, export_s: float) -> NewMeasurement:
+        start = time.perf_counter()
+        measured = self.device.measure(path, self.settings)
+        measure_s = time.perf_counter() - start
+        result = measured.result
+        log.info("%s %s on %s: median %.3f ms", arch_key or path.name, artifact.fmt, self.device.name,
+                 result.median_ms)
+        outcome = LatencyOutcome(result, False, export_s, measure_s, path, arch_key, artifact.fmt,
+                                 self.info.fingerprint, self.runtime)
+        return NewMeasurement(outcome, self.info, self.device.name, artifact, self.settings, measured.conditions)

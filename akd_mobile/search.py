@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -35,8 +34,9 @@ from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
-from akd_base.errors import AkdError, HostError, Interrupted, SearchError, SpaceError, error_line, stops_the_run
-from akd_base.formats import FORMATS
+from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, SearchError, SpaceError, error_line,
+                             stops_the_run)
+from akd_base.measurement import MeasureSettings
 from akd_mobile.reward import CONSTRAINTS, RewardConfig, mnas_reward
 from akd_mobile.runs import CandidateOutcome, CandidateRow, LeaseLost, RunLease, RunStore
 from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
@@ -74,11 +74,9 @@ class SearchConfig:
         budget: number of candidates to evaluate.
         batch: candidates per strategy update.
         fmt: artifact format measured: `tflite` or `pte`.
-        threads: inference threads; None takes the profile's (default 1).
-        warmup: untimed runs before timing; None takes the profile's (default 5).
-        runs: timed runs; None takes the profile's (default 30).
-        min_time_s: least seconds of timed runs per measurement; None takes the profile's
-            (default 0).
+        threads, warmup, runs, min_time_s: how each latency is measured
+            (`akd_base.measurement.MeasureSettings`); None takes the device profile's, else
+            the defaults there. A run stores them resolved; see `measure`.
         proxy: the proxy training that scores each candidate (steps, batch, learning rate, KD
             settings); a batch larger than the data's training split takes the whole split.
         seed: seeds the strategy and every proxy training.
@@ -113,21 +111,27 @@ class SearchConfig:
         return cls(**values, data_options=data_options,
                    proxy=proxy if steps is None else dataclasses.replace(proxy, steps=steps))
 
+    @property
+    def measure(self) -> MeasureSettings:
+        """How a resolved config's latencies are measured (`resolve_device_defaults`); a run
+        stored before the minimum time existed measured with none."""
+        return MeasureSettings(self.fmt, self.threads, self.warmup, self.runs,  # type: ignore[arg-type]
+                               self.min_time_s or 0.0)
+
     def validate(self) -> None:
         """Raise SearchError for values no search can run with."""
+        try:
+            MeasureSettings().with_options(fmt=self.fmt, threads=self.threads, warmup=self.warmup, runs=self.runs,
+                                           min_time_s=self.min_time_s)
+        except DeviceError as exc:
+            raise SearchError(str(exc)) from None
         checks = [
             (self.constraint in CONSTRAINTS, f"--constraint must be one of {', '.join(CONSTRAINTS)}"),
             (self.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.fmt in FORMATS, f"--format must be one of {', '.join(FORMATS)}"),
             (self.budget >= 1, f"--budget must be at least 1, got {self.budget}"),
             (self.batch >= 1, f"--batch must be at least 1, got {self.batch}"),
             (self.target_ms is None or self.target_ms > 0, f"--target-ms must be positive, got {self.target_ms}"),
-            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
-            (self.runs is None or self.runs >= 1, f"--runs must be at least 1, got {self.runs}"),
-            (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}"),
-            (self.min_time_s is None or 0 <= self.min_time_s < math.inf,
-             f"--min-time must be a number of seconds >= 0, got {self.min_time_s}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -234,10 +238,10 @@ class Evaluator:
 
     def __init__(self, config: SearchConfig, inputs: SearchInputs, db: Any, device: Any) -> None:
         from akd_mobile.export_worker import ExportWorker
+        from akd_mobile.latency import LatencyService
 
         self.config = config
-        self.db = db
-        self.device = device
+        self.latency = LatencyService(device, db, config.measure)
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
         self.inputs = inputs
         self.space = inputs.space
@@ -245,10 +249,7 @@ class Evaluator:
 
     def prefetch(self, archs: list[ArchSpec]) -> None:
         """Start exporting the candidates whose latency the database does not hold."""
-        from akd_mobile.latency import stored_latency
-
-        cfg = self.config
-        misses = [a for a in archs if stored_latency(a, self.device, self.db, cfg.fmt, cfg.threads) is None]  # type: ignore[arg-type]
+        misses = [a for a in archs if self.latency.lookup(a) is None]
         if misses:
             self.exporter.submit(misses)
 
@@ -261,7 +262,6 @@ class Evaluator:
         then the proxy accuracy. The candidate's own failure is recorded, never raised; the
         device's or the host's (`errors.stops_the_run`) is raised, to stop the run."""
         from akd_mobile.distill import proxy_score
-        from akd_mobile.latency import arch_latency
 
         cost = self.space.cost(arch)
         export_s = measure_s = train_s = 0.0
@@ -272,10 +272,7 @@ class Evaluator:
             waited_s = time.perf_counter() - tick
             cfg = self.config
             on_phase("measuring")
-            lat = arch_latency(
-                arch, self.device, self.db, fmt=cfg.fmt, threads=cfg.threads,  # type: ignore[arg-type]
-                warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s or 0.0,  # type: ignore[arg-type]
-            )
+            lat = self.latency.latency(arch)
             export_s, measure_s = waited_s + lat.export_s, lat.measure_s
             on_phase("training")
             score = proxy_score(
@@ -300,25 +297,20 @@ class Evaluator:
 
 
 def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
-    """The config with threads, warm-up, runs, minimum time and the latency target filled in: the
-    config's own values, else the device profile's, else 1 thread, 5 warm-up, 30 runs and
-    no minimum time. The profile is checked first (DeviceError for bad settings)."""
+    """The config with its measurement settings (the config's own values over the device
+    profile's over `MeasureSettings`' defaults) and its latency target (the config's, else
+    the profile's) filled in. The profile is checked first (DeviceError for bad settings)."""
     from devices.profiles import load_profile, open_device
 
     profile = load_profile(config.device)
     open_device(profile)
-    settings = profile.settings
     target = config.target_ms or profile.target_ms
     if target is None:
         raise SearchError(f"device profile {config.device} sets no target_ms: give --target-ms")
-    return dataclasses.replace(
-        config,
-        target_ms=float(target),
-        threads=config.threads or int(settings.get("threads", 1)),
-        warmup=config.warmup if config.warmup is not None else int(settings.get("warmup", 5)),
-        runs=config.runs or int(settings.get("runs", 30)),
-        min_time_s=config.min_time_s if config.min_time_s is not None else float(settings.get("min_time_s", 0.0)),
-    )
+    measure = profile.measure.with_options(fmt=config.fmt, threads=config.threads, warmup=config.warmup,
+                                           runs=config.runs, min_time_s=config.min_time_s)
+    return dataclasses.replace(config, target_ms=float(target), threads=measure.threads, warmup=measure.warmup,
+                               runs=measure.runs, min_time_s=measure.min_time_s)
 
 
 def versions() -> dict[str, str]:

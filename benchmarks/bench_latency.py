@@ -135,6 +135,7 @@ def overhead(models: dict[str, Path], repeats: int, runs: int, processes: int) -
     """Our measurement against the runtime's own loop, both spread over `processes` fresh
     processes per round (a process's own speed varies by a few percent), `repeats` rounds,
     the order of the two alternating from round to round."""
+    from akd_base.measurement import MeasureSettings
     from devices.local import LocalDevice
 
     device = LocalDevice(processes=processes)
@@ -147,7 +148,7 @@ def overhead(models: dict[str, Path], repeats: int, runs: int, processes: int) -
             # which goes first alternates: the host's speed drifts (see host_drift)
             for who in ("ours", "theirs") if round_ % 2 == 0 else ("theirs", "ours"):
                 if who == "ours":
-                    got[who] = device.measure(path, threads=1, warmup=WARMUP, runs=per_process * processes)
+                    got[who] = device.measure(path, MeasureSettings(threads=1, warmup=WARMUP, runs=per_process * processes)).result
                 else:
                     got[who] = statistics.fmean(_runtime_loop_in_child(path, per_process) for _ in range(processes))
             r, loop = got["ours"], got["theirs"]

@@ -24,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from akd_base.measurement import MeasureSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "devices.md"
 START, END = "<!-- bench_loopback:start -->", "<!-- bench_loopback:end -->"
-THREADS, WARMUP, RUNS = 1, 2, 20
+SETTINGS = MeasureSettings(threads=1, warmup=2, runs=20)
 
 
 def _serve(tmp: Path, key: Path) -> tuple[subprocess.Popen[str], int]:
@@ -50,11 +52,11 @@ def _timed(fn) -> float:
 def _overhead(models: dict[str, Path], local, loop, repeats: int) -> list[dict[str, float | str]]:
     rows = []
     for label, model in models.items():
-        loop.measure(model, THREADS, WARMUP, RUNS)  # connection and tool check warmed up
+        loop.measure(model, SETTINGS)  # connection and tool check warmed up
         local_s, loop_s = [], []
         for _ in range(repeats):
-            local_s.append(_timed(lambda: local.measure(model, THREADS, WARMUP, RUNS)))
-            loop_s.append(_timed(lambda: loop.measure(model, THREADS, WARMUP, RUNS)))
+            local_s.append(_timed(lambda: local.measure(model, SETTINGS)))
+            loop_s.append(_timed(lambda: loop.measure(model, SETTINGS)))
         rows.append({
             "model": label,
             "size_kb": model.stat().st_size / 1024,
@@ -100,7 +102,7 @@ def _write_doc(rows, rates, args) -> str:
         "",
         f"    .venv/bin/python benchmarks/bench_loopback.py --repeats {args.repeats} --push-mb {args.push_mb}",
         "",
-        f"One measurement ({THREADS} thread, {WARMUP} warm-up, {RUNS} runs), median of {args.repeats}; target: overhead <= 1 s.",
+        f"One measurement ({SETTINGS.threads} thread, {SETTINGS.warmup} warm-up, {SETTINGS.runs} runs), median of {args.repeats}; target: overhead <= 1 s.",
         "",
         "| model | size | local | loopback | overhead |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -125,7 +127,7 @@ def main() -> None:
     from devices.adb import AdbDevice, AdbSettings
     from devices.adb_keys import generate_key
     from devices.local import LocalDevice
-    from devices.manage import check_model
+    from akd_mobile.device_check import check_model
 
     space = get_space("mnasnet-small")
     student = space.sample(random.Random(0))

@@ -12,7 +12,7 @@ stores nothing). A profile:
 backend = "adb"
 address = "127.0.0.1:5555"        # TCP; or serial = "SERIAL" ("" = the only USB device)
 key = ""                          # private key; default ~/.android/adbkey, else devices keygen's
-threads = 1                       # defaults for `devices check` (bench passes its own)
+threads = 1                       # how latencies are measured here (akd_base.measurement.MeasureSettings)
 runs = 50
 warmup = 10
 min_time_s = 1.0                  # timed runs go on until they have taken this long in all
@@ -34,7 +34,6 @@ kind = "benchmark_model"          # flags and parser: benchmark_model or executo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shlex
@@ -46,8 +45,7 @@ from typing import Any, TypeVar
 
 from akd_base.errors import DeviceError, DeviceUnavailable, ParseError
 from akd_base.formats import RUNTIME_OF_FORMAT
-from akd_base.measurement import DeviceInfo, LatencyResult
-from devices.local import check_min_time
+from akd_base.measurement import DeviceInfo, LatencyResult, Measured, MeasureSettings
 from devices.parsers import (
     TOOL_PARSERS,
     CpuPolicy,
@@ -116,10 +114,6 @@ class AdbSettings:
     address: str = ""
     serial: str | None = None
     key: str = ""
-    threads: int = 1
-    runs: int = 50
-    warmup: int = 10
-    min_time_s: float = 1.0
     cpu_mask: str = "auto"
     thermal_limit_c: float = 45.0
     thermal_wait_s: float = 120.0
@@ -153,14 +147,13 @@ class AdbSettings:
             raise DeviceError(f"{where}: set exactly one of address (TCP host:port) and serial (USB)")
         if settings.address:
             _split_address(settings.address, where)
-        if min(settings.threads, settings.runs) < 1 or settings.warmup < 0 or settings.retries < 0:
-            raise DeviceError(f"{where}: need threads >= 1, runs >= 1, warmup >= 0, retries >= 0")
+        if settings.retries < 0:
+            raise DeviceError(f"{where}: retries must be >= 0")
         if min(settings.connect_timeout_s, settings.run_timeout_s, settings.push_rate_bytes_s) <= 0:
             raise DeviceError(f"{where}: timeouts and push_rate_bytes_s must be positive")
         if not settings.remote_dir.startswith("/") or any(c in settings.remote_dir for c in " '\"$`\\"):
             raise DeviceError(f"{where}: remote_dir must be a plain absolute path")
         _cpu_mask_value(settings.cpu_mask, where)
-        check_min_time(settings.min_time_s, f"{where}: min_time_s")
         return settings
 
 
@@ -225,10 +218,6 @@ class Conditions:
         """JSON-ready form."""
         return asdict(self)
 
-    def to_json(self) -> str:
-        """One JSON line, as the latency database's `thermal` column stores it."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
 
 class AdbDevice:
     """A phone or emulator reached through adb-shell."""
@@ -238,7 +227,6 @@ class AdbDevice:
         self.settings = settings
         self.where = where or f"device {name}"
         self.profile_arg = profile_arg or name  # what `devices setup` takes to find the profile
-        self.last_conditions: Conditions | None = None
         self._adb: Any = None
         self._verified: dict[str, str] = {}
         self._policies: list[CpuPolicy] | None = None
@@ -583,32 +571,31 @@ class AdbDevice:
 
     # ------------------------------------------------------------ measurement
 
-    def measure(self, artifact: Path, threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> LatencyResult:
-        """Time at least `runs` inferences of a `.tflite` or `.pte` file after `warmup`, and
-        at least `min_time_s` of timed runs, on the device.
+    def measure(self, artifact: Path, settings: MeasureSettings) -> Measured:
+        """Time at least `settings.runs` inferences of a `.tflite` or `.pte` file after the
+        warm-up, and at least `settings.min_time_s` of timed runs, on the device; the
+        conditions (thermal state, CPU mask, tool checksum, attempts) come with the result.
 
         `benchmark_model` takes `--min_secs`; `executor_runner` has no such flag, so when its
         runs took less than `min_time_s` it runs again with the count the first pass implies,
-        and the second pass is the measurement. The conditions (thermal state, CPU mask, tool
-        checksum) are left in `last_conditions`.
+        and the second pass is the measurement.
 
         Raises:
-            DeviceError: a bad file or counts, a tool not set up, a device failure after the
-                retries, or tool output with no timing (ParseError).
+            DeviceError: a bad file, a tool not set up, a device failure after the retries,
+                or tool output with no timing (ParseError).
         """
         from akd_base.files import file_sha256
-        from devices.local import check_artifact, check_counts
+        from devices.local import check_artifact
 
         artifact = check_artifact(artifact)
-        check_counts(threads, warmup, runs, min_time_s)
+        warmup, min_time_s = settings.warmup, settings.min_time_s
         fmt = FORMATS[artifact.suffix]
         tool = self._tool(fmt)
         sha = file_sha256(artifact)
         remote = f"{self.settings.remote_dir}/{sha[:16]}{artifact.suffix}"
-        self.last_conditions = None
 
         def run_tool(tool_remote: str, mask: int | None, timed: int) -> LatencyResult:
-            argv = self._tool_argv(tool, tool_remote, remote, threads, warmup, timed, min_time_s)
+            argv = self._tool_argv(tool, tool_remote, remote, settings.threads, warmup, timed, min_time_s)
             if mask is not None:
                 argv = ["taskset", f"{mask:x}", *argv]
             command = f"cd {shlex.quote(self.settings.remote_dir)} && {shlex.join(argv)} 2>&1"
@@ -619,23 +606,21 @@ class AdbDevice:
             except ParseError as exc:
                 raise ParseError(f"{tool.kind} on {self.name} exited with status {rc}: {exc}") from None
 
-        def attempt(number: int) -> tuple[LatencyResult, Conditions]:
+        def attempt(number: int) -> Measured:
             tool_remote, tool_sha = self._verified_tool(tool)
             hottest, waited, over = self._thermal_gate()
             mask = self.cpu_mask()
             self._ensure_file(artifact, remote, sha)
             try:
-                result = run_tool(tool_remote, mask, runs)
+                result = run_tool(tool_remote, mask, settings.runs)
                 if tool.kind == "executor_runner" and result.count * result.mean_ms < min_time_s * 1e3:
                     result = run_tool(tool_remote, mask, math.ceil(min_time_s * 1e3 / result.mean_ms))
             finally:
                 self._remove(remote)
             conditions = Conditions(hottest, round(waited, 3), over, f"{mask:x}" if mask else "", tool_sha, number)
-            return result, conditions
+            return Measured(result, conditions.to_dict())
 
-        result, conditions = self._retrying(f"measuring {artifact.name}", attempt)
-        self.last_conditions = conditions
-        return result
+        return self._retrying(f"measuring {artifact.name}", attempt)
 
     @staticmethod
     def _tool_argv(tool: ToolSpec, tool_remote: str, model: str, threads: int, warmup: int, runs: int,

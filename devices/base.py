@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from akd_base.measurement import DeviceInfo, LatencyResult
+from akd_base.measurement import DeviceInfo, Measured, MeasureSettings
 
 
 @runtime_checkable
@@ -18,8 +18,9 @@ class Device(Protocol):
         """Describe the device; its fingerprint keys the latency database."""
         ...
 
-    def measure(self, artifact: Path, threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> LatencyResult:
-        """Time at least `runs` inferences of `artifact` after `warmup` untimed ones, and go on
-        until the timed ones have taken `min_time_s` in all (LiteRT `benchmark_model`'s
-        `--num_runs` and `--min_secs`)."""
+    def measure(self, artifact: Path, settings: MeasureSettings) -> Measured:
+        """Time at least `settings.runs` inferences of `artifact` after `settings.warmup`
+        untimed ones, going on until the timed ones have taken `settings.min_time_s` in all
+        (LiteRT `benchmark_model`'s `--num_runs` and `--min_secs`), with `settings.threads`;
+        the result comes with the conditions it ran under."""
         ...

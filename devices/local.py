@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from akd_base.errors import DeviceError
-from akd_base.measurement import DeviceInfo, LatencyResult
+from akd_base.measurement import DeviceInfo, LatencyResult, Measured, MeasureSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +57,17 @@ class LocalDevice:
 
     @classmethod
     def from_profile(cls, profile: Any) -> LocalDevice:
-        """Open the device a `local` profile describes (settings: `timeout_s`, `processes`;
-        `threads`, `runs`, `warmup` and `min_time_s` are the measurement defaults of a search
-        and of `bench` on this device)."""
+        """Open the device a `local` profile describes (settings: `timeout_s`, `processes`)."""
         settings = dict(profile.settings)
         timeout_s = settings.pop("timeout_s", 300.0)
-        check_min_time(settings.pop("min_time_s", 0.0), f"device profile {profile.path}: min_time_s")
-        counts = {"threads": 1, "runs": 1, "warmup": 0, "processes": 1}  # each setting's least value
-        values = {key: settings.pop(key, least) for key, least in counts.items()}
-        for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < counts[key]:
-                raise DeviceError(f"device profile {profile.path}: {key} must be an integer >= {counts[key]}")
+        processes = settings.pop("processes", 1)
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise DeviceError(f"device profile {profile.path}: processes must be an integer >= 1")
         if settings:
             raise DeviceError(f"device profile {profile.path}: unknown setting(s) {', '.join(sorted(settings))}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
             raise DeviceError(f"device profile {profile.path}: timeout_s must be a number")
-        return cls(profile.name, timeout_s, values["processes"])
+        return cls(profile.name, timeout_s, processes)
 
     def info(self) -> DeviceInfo:
         """CPU model, core count, maximum frequencies (where readable) and runtime versions."""
@@ -93,23 +87,22 @@ class LocalDevice:
             extra={"os": platform.platform(), "python": platform.python_version()},
         )
 
-    def measure(self, artifact: Path, threads: int = 1, warmup: int = 10, runs: int = 50,
-                min_time_s: float = 0.0) -> LatencyResult:
-        """Time at least `runs` inferences of a `.tflite` or `.pte` file, and at least
-        `min_time_s` of timed runs, split over `processes` child processes that each run
-        `warmup` untimed inferences first; the samples are pooled.
+    def measure(self, artifact: Path, settings: MeasureSettings) -> Measured:
+        """Time at least `settings.runs` inferences of a `.tflite` or `.pte` file, and at
+        least `settings.min_time_s` of timed runs, split over `processes` child processes that
+        each run the warm-up first; the samples are pooled. No conditions are reported.
 
         Raises:
-            DeviceError: a missing, empty or unsupported file, bad counts, a runtime that
-                rejects the model, crashes, or runs past `timeout_s`.
+            DeviceError: a missing, empty or unsupported file, a runtime that rejects the
+                model, crashes, or runs past `timeout_s`.
         """
         artifact = check_artifact(artifact)
-        check_counts(threads, warmup, runs, min_time_s)
-        shares = _shares(runs, self.processes)
+        shares = _shares(settings.runs, self.processes)
         samples: list[float] = []
         for share in shares:
-            samples += self._run_child(artifact, threads, warmup, share, min_time_s / len(shares))
-        return LatencyResult.from_samples(samples)
+            samples += self._run_child(artifact, settings.threads, settings.warmup, share,
+                                       settings.min_time_s / len(shares))
+        return Measured(LatencyResult.from_samples(samples))
 
     def _run_child(self, artifact: Path, threads: int, warmup: int, runs: int, min_time_s: float) -> list[float]:
         """The per-run latencies (ms) one child process measures."""
@@ -162,20 +155,6 @@ def check_artifact(artifact: Path) -> Path:
     if not head[4:8].startswith(expected):
         raise DeviceError(f"model file {artifact} is not a {runtime} model (corrupt or truncated); export it again")
     return artifact
-
-
-def check_counts(threads: int, warmup: int, runs: int, min_time_s: float = 0.0) -> None:
-    """DeviceError unless threads >= 1, warmup >= 0, runs >= 1 and min_time_s >= 0."""
-    if threads < 1 or warmup < 0 or runs < 1:
-        raise DeviceError(f"need threads >= 1, warmup >= 0, runs >= 1; got {threads}, {warmup}, {runs}")
-    check_min_time(min_time_s, "min_time_s")
-
-
-def check_min_time(value: Any, what: str) -> float:
-    """`value` as seconds if it is a finite number >= 0, else DeviceError naming `what`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise DeviceError(f"{what} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
 
 
 def _read_result(path: Path) -> dict[str, Any]:

@@ -7,6 +7,8 @@ given by path. Its keys:
 backend = "local"            # which backend class opens it: a key of BACKENDS
 description = "This host"    # optional, shown by `list_profiles`
 target_ms = 0.25             # optional: the search's default --target-ms on this device
+runs = 30                    # optional: how latencies are measured here (threads, warmup, runs,
+min_time_s = 3.0             #   min_time_s: akd_base.measurement.MeasureSettings and its defaults)
 timeout_s = 120              # everything else is the backend's own settings
 ```
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from akd_base.errors import DeviceError
+from akd_base.measurement import PROFILE_KEYS, MeasureSettings
 from devices.base import Device
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class Profile:
         path: the TOML file it was read from.
         settings: the backend's own settings (every other top-level key).
         target_ms: default latency target of a search on this device, None if unset.
+        measure: how latencies are measured on this device: the profile's `threads`,
+            `warmup`, `runs` and `min_time_s` over the defaults (commands' options go over these).
     """
 
     name: str
@@ -56,6 +61,7 @@ class Profile:
     path: Path
     settings: dict[str, Any] = field(default_factory=dict)
     target_ms: float | None = None
+    measure: MeasureSettings = MeasureSettings()
 
     @property
     def argument(self) -> str:
@@ -98,9 +104,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
     target_ms = data.pop("target_ms", None)
     if target_ms is not None and (isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or target_ms <= 0):
         raise DeviceError(f"device profile {path}: target_ms must be a positive number of milliseconds")
+    measure = MeasureSettings.from_profile(data, f"device profile {path}")
     return Profile(
-        name=path.stem, backend=backend, description=description, path=path, settings=data,
-        target_ms=float(target_ms) if target_ms is not None else None,
+        name=path.stem, backend=backend, description=description, path=path,
+        settings={k: v for k, v in data.items() if k not in PROFILE_KEYS},
+        target_ms=float(target_ms) if target_ms is not None else None, measure=measure,
     )
 
 

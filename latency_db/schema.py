@@ -188,6 +188,25 @@ V7_FINAL_FOLDERS = """
 ALTER TABLE finals ADD COLUMN out_dir TEXT;
 """
 
+V8_LATENCY_MODELS = """
+-- latency predictors (akd_mobile/latency_predictor.py), one per fit: the device, format,
+-- threads and runtime they predict, their parameters, and the measurements they were fitted on
+CREATE TABLE latency_models (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_fingerprint TEXT NOT NULL REFERENCES devices (fingerprint),
+    format TEXT NOT NULL CHECK (format IN ('tflite', 'pte')),
+    threads INTEGER NOT NULL CHECK (threads >= 1),
+    runtime_version TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- the predictor's family and version
+    model_json TEXT NOT NULL,          -- its parameters
+    measurement_uids TEXT NOT NULL,    -- JSON list of the measurements it was fitted on
+    archs INTEGER NOT NULL,            -- distinct architectures among them
+    band REAL NOT NULL,                -- relative error band (cross-validated, 95th percentile)
+    created_at TEXT NOT NULL
+);
+CREATE INDEX latency_models_key ON latency_models (device_fingerprint, format, threads, runtime_version);
+"""
+
 MIGRATIONS: list[str] = [
     V1_LATENCY,
     V2_SEARCH_RUNS,
@@ -196,6 +215,7 @@ MIGRATIONS: list[str] = [
     V5_RUN_OWNERSHIP,
     V6_FINALS,
     V7_FINAL_FOLDERS,
+    V8_LATENCY_MODELS,
 ]
 
 

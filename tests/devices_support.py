@@ -38,8 +38,6 @@ def loopback_settings(port: int, key: Path, **overrides: object) -> AdbSettings:
     data: dict[str, object] = {
         "address": f"127.0.0.1:{port}",
         "key": str(key),
-        "runs": 5,
-        "warmup": 1,
         "cpu_mask": "none",
         "thermal_limit_c": 95.0,
         "thermal_wait_s": 1.0,

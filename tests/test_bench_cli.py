@@ -1,4 +1,5 @@
-"""`arch_latency` (the search loop's call) and the `bench`, `export` and `latency` commands."""
+"""The measurement service (`LatencyService`: what the search, bench, finalize and devices check
+ask) and the `bench`, `export` and `latency` commands."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from akd_base.errors import DeviceError
+from akd_base.errors import DatabaseError, DeviceError
 from akd_mobile.export import export_model
-from akd_mobile.latency import arch_latency, runtime_version
+from akd_mobile.latency import LatencyService, runtime_version
 from akd_mobile.space import get_space
 from cli import cli
-from akd_base.measurement import DeviceInfo
+from akd_base.measurement import DeviceInfo, MeasureSettings
 from devices.local import LocalDevice
 from latency_db import open_db
 
@@ -25,19 +26,51 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_arch_latency_measures_once_then_answers_from_the_db(tmp_path):
+def test_the_service_measures_once_then_answers_from_the_db(tmp_path, monkeypatch):
     device = LocalDevice()
     with open_db(tmp_path / "l.sqlite") as db:
-        first = arch_latency(SMALL, device, db, "tflite", threads=1, warmup=2, runs=10)
+        lookups = []
+        real_lookup = db.lookup
+        monkeypatch.setattr(db, "lookup", lambda *key: (lookups.append(key), real_lookup(*key))[1])
+        service = LatencyService(device, db, MeasureSettings(threads=1, warmup=2, runs=10))
+        assert service.lookup(SMALL) is None  # the search's prefetch asks first ...
+        first = service.latency(SMALL)  # ... and its evaluation does not ask the database again
+        assert len(lookups) == 1
         assert not first.cached and first.artifact is not None and first.measure_s > 0
         assert first.result.count == 10 and first.arch_key == SMALL.key
-        again = arch_latency(SMALL, device, db, "tflite", threads=1, warmup=2, runs=10)
+        again = service.latency(SMALL)
         assert again.cached and again.artifact is None and again.export_s == again.measure_s == 0.0
-        assert again.result == first.result
+        assert again.result == first.result and len(lookups) == 1
         assert db.stats().measurements == 1
         (m,) = db.query()
-        assert (m.arch_key, m.runtime_version, m.threads) == (SMALL.key, first.runtime_version, 1)
+        assert (m.arch_key, m.runtime_version, m.threads, m.warmup, m.runs) == (SMALL.key, first.runtime_version, 1, 2, 10)
         assert db.artifacts()[0]["arch_json"]["arch"] == SMALL.canonical
+        # another service (another process) finds the stored measurement, with other counts too
+        other = LatencyService(device, db, MeasureSettings(threads=1, warmup=0, runs=3)).latency(SMALL)
+        assert other.cached and other.result == first.result and db.stats().measurements == 1
+        # measure() always measures and stores nothing until store()
+        service.measure(SMALL)
+        assert db.stats().measurements == 1
+    only_measures = LatencyService(device, None, MeasureSettings(runs=2, warmup=0))
+    assert only_measures.lookup(SMALL) is None
+    with pytest.raises(DatabaseError, match="no database"):
+        only_measures.store(only_measures.measure(SMALL))
+
+
+def test_measurement_settings_resolve_from_profile_then_options(tmp_path):
+    """One resolution: the defaults, the profile's keys over them, the command's options over those."""
+    from devices.profiles import load_profile
+
+    assert load_profile("local").measure == MeasureSettings("tflite", 1, 5, 30, 3.0)  # local.toml's values
+    profile = tmp_path / "quick.toml"
+    profile.write_text('backend = "local"\nprocesses = 1\nruns = 4\nmin_time_s = 0\n')
+    assert load_profile(profile).measure == MeasureSettings(runs=4)
+    assert load_profile(profile).measure.with_options(fmt="pte", runs=None, warmup=0) == MeasureSettings("pte", 1, 0, 4, 0.0)
+    db = tmp_path / "s.sqlite"
+    d = json.loads(run("bench", SMALL.canonical, "--device", profile, "--warmup", 0, "--db", db, "--json").stdout)
+    assert (d["threads"], d["warmup"], d["runs"], d["min_time_s"], d["count"]) == (1, 0, 4, 0.0, 4)
+    d = json.loads(run("bench", SMALL.canonical, "--device", profile, "--runs", 6, "--db", db, "--json").stdout)
+    assert (d["warmup"], d["runs"], d["count"]) == (5, 6, 6)
 
 
 def test_runtime_version_names_the_runtime():
@@ -57,7 +90,7 @@ def test_bench_arch_and_file_store_and_print(tmp_path):
     assert (d["arch_key"], d["format"], d["device"], d["cached"]) == (SMALL.key, "pte", "local", False)
     assert 0 < d["min_ms"] <= d["median_ms"] <= d["max_ms"]
     # the profile's minimum time applies: the tiny model ran well past its 5 runs
-    profile_min = load_profile("local").settings["min_time_s"]
+    profile_min = load_profile("local").measure.min_time_s
     assert profile_min > 0 and d["min_time_s"] == profile_min
     assert d["count"] > 5 and sum(d["samples_ms"]) >= profile_min * 1e3
     model = export_model(SMALL, "pte").path  # a cache lookup: bench exported it
@@ -125,7 +158,7 @@ def test_latency_commands(tmp_path):
         (["bench", "x", "--device", "pixel9"], "unknown device 'pixel9'; known: .*local"),
         (["bench", "x", "--format", "onnx"], "Invalid value for '--format'"),
         (["bench", "x", "--runs", "0"], "Invalid value for '--runs'"),
-        (["bench", "x", "--min-time", "-1"], "Invalid value for '--min-time'"),
+        (["bench", "x", "--min-time", "-1"], "--min-time must be a number of seconds >= 0, got -1.0"),
         (["bench", "x", "--min-time", "nan"], "--min-time must be a number of seconds >= 0, got nan"),
         (["export", "mb6", "--format", "tflite", "--out", "m.tflite"], "blocks joined by"),
         (["export", "mb6", "--format", "onnx", "--out", "m.onnx"], "Invalid value for '--format'"),

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from akd_base.errors import DeviceError, DeviceUnavailable, ParseError
+from akd_base.measurement import MeasureSettings
 from devices.adb import AdbDevice, AdbSettings
 from devices.adb_keys import generate_key, load_signer, public_key_line
-from devices.manage import check_model
+from akd_mobile.device_check import check_model
 from devices_support import KillingProxy, SilentServer, free_port, loopback_device, make_key
 
 
@@ -39,10 +40,9 @@ def device(served, key: Path):
         ({"serial": "ABC"}, "exactly one of address"),
         ({"address": ""}, "exactly one of address"),
         ({"address": "localhost"}, "host:port"),
-        ({"threads": "2"}, "threads must be a int"),
-        ({"runs": 0}, "runs >= 1"),
-        ({"min_time_s": -1.0}, "profile x: min_time_s must be a number of seconds >= 0"),
-        ({"min_time_s": "1"}, "min_time_s must be a float"),
+        ({"retries": "2"}, "retries must be a int"),
+        ({"retries": -1}, "retries must be >= 0"),
+        ({"threads": 1}, "unknown setting"),  # measurement settings are the profile's, not the backend's
         ({"cpu_mask": "zz"}, "cpu_mask"),
         ({"remote_dir": "data/tmp"}, "remote_dir"),
         ({"tools": {"onnx": {"path": "x", "kind": "benchmark_model"}}}, "formats are"),
@@ -72,7 +72,7 @@ def test_info_over_loopback(device: AdbDevice) -> None:
 def test_setup_pushes_once_and_measure_needs_it(served, key: Path, tiny_tflite: Path) -> None:
     dev = loopback_device(served.port, key)
     with pytest.raises(DeviceError, match="devices setup"):
-        dev.measure(tiny_tflite, 1, 1, 3)
+        dev.measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3))
     first = dev.setup()
     assert [r["pushed"] for r in first] == [True, False]  # one runner serves both formats
     tool = served.root / first[0]["remote"].lstrip("/")
@@ -80,7 +80,7 @@ def test_setup_pushes_once_and_measure_needs_it(served, key: Path, tiny_tflite: 
     assert [r["pushed"] for r in loopback_device(served.port, key).setup()] == [False, False]
     tool.write_text("#!/bin/sh\necho tampered\n")
     with pytest.raises(DeviceError, match="differs"):
-        loopback_device(served.port, key).measure(tiny_tflite, 1, 1, 3)
+        loopback_device(served.port, key).measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3))
     dev.close()
 
 
@@ -90,14 +90,14 @@ def test_measure_over_loopback_removes_the_model(device: AdbDevice, served, tiny
     commands: list[str] = []
     shell = AdbDevice._shell
     monkeypatch.setattr(AdbDevice, "_shell", lambda self, c, t=30.0: (commands.append(c), shell(self, c, t))[1])
-    result = pinned.measure(tiny_tflite, threads=1, warmup=2, runs=7)
+    measured = pinned.measure(tiny_tflite, MeasureSettings(threads=1, warmup=2, runs=7))
+    result = measured.result
     assert result.count == 7
     assert 0 < result.min_ms <= result.median_ms <= result.max_ms
     run = next(c for c in commands if "--graph=" in c)
     assert f"taskset {mask:x} " in run and "--num_threads=1" in run and "--num_runs=7" in run and "--warmup_runs=2" in run
     assert "--min_secs=0 " in f"{run} "
-    assert pinned.last_conditions is not None and pinned.last_conditions.cpu_mask == f"{mask:x}"
-    assert pinned.last_conditions.attempts == 1
+    assert measured.conditions["cpu_mask"] == f"{mask:x}" and measured.conditions["attempts"] == 1
     left = [p.name for p in (served.root / "data/local/tmp/akd").iterdir()]
     assert left == ["tools"]
     pinned.close()
@@ -107,7 +107,7 @@ def test_min_time_is_benchmark_models_min_secs(device: AdbDevice, tiny_tflite: P
     commands: list[str] = []
     shell = AdbDevice._shell
     monkeypatch.setattr(AdbDevice, "_shell", lambda self, c, t=30.0: (commands.append(c), shell(self, c, t))[1])
-    result = device.measure(tiny_tflite, threads=1, warmup=1, runs=3, min_time_s=0.3)
+    result = device.measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3, min_time_s=0.3)).result
     assert "--min_secs=0.3" in next(c for c in commands if "--graph=" in c)
     # the loopback runner honours it as benchmark_model does: the tiny model ran far past 3 runs
     assert result.count > 3 and result.count * result.mean_ms >= 299  # the tool prints the mean rounded
@@ -131,7 +131,7 @@ def test_push_is_skipped_when_the_same_file_is_there(device: AdbDevice, served, 
     remote.write_bytes(tiny_tflite.read_bytes())
     pushes: list[str] = []
     monkeypatch.setattr(AdbDevice, "_push", lambda self, local, r, mode=0o644: pushes.append(r))
-    assert device.measure(tiny_tflite, 1, 1, 3).count == 3
+    assert device.measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3)).result.count == 3
     assert pushes == []
     assert not remote.exists()
 
@@ -140,12 +140,12 @@ def test_thermal_gate_waits_then_records(device: AdbDevice, tiny_tflite: Path, m
     readings = iter([{"cpu": 99.0}, {"cpu": 99.0}, {"cpu": 40.0}])
     monkeypatch.setattr(device, "thermal", lambda: next(readings))
     monkeypatch.setattr(time, "sleep", lambda s: None)
-    device.measure(tiny_tflite, 1, 1, 3)
-    assert device.last_conditions.thermal_c == 40.0 and not device.last_conditions.thermal_over_limit
+    conditions = device.measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3)).conditions
+    assert conditions["thermal_c"] == 40.0 and not conditions["thermal_over_limit"]
     monkeypatch.setattr(device, "thermal", lambda: {"cpu": 99.0, "battery": 30.0})
-    device.measure(tiny_tflite, 1, 1, 3)
-    assert device.last_conditions.thermal_c == 99.0 and device.last_conditions.thermal_over_limit
-    assert device.last_conditions.thermal_waited_s >= 0
+    conditions = device.measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3)).conditions
+    assert conditions["thermal_c"] == 99.0 and conditions["thermal_over_limit"]
+    assert conditions["thermal_waited_s"] >= 0
 
 
 def test_tool_without_timing_is_a_parse_error_quoting_it(served, key: Path, tiny_tflite: Path, tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_tool_without_timing_is_a_parse_error_quoting_it(served, key: Path, tiny
     dev = loopback_device(served.port, key, tools={"tflite": {"path": str(tool), "kind": "benchmark_model"}})
     dev.setup()
     with pytest.raises(ParseError, match=r"exited with status 3: no timing .*Loaded model \| ERROR: Node number 3"):
-        dev.measure(tiny_tflite, 1, 1, 3)
+        dev.measure(tiny_tflite, MeasureSettings(threads=1, warmup=1, runs=3))
     assert [p.name for p in (served.root / "data/local/tmp/akd").iterdir()] == ["tools"]
     dev.close()
 
@@ -174,25 +174,25 @@ def test_executor_runner_flags_and_warmup_drop(served, key: Path, tmp_path: Path
     commands: list[str] = []
     shell = AdbDevice._shell
     monkeypatch.setattr(AdbDevice, "_shell", lambda self, c, t=30.0: (commands.append(c), shell(self, c, t))[1])
-    result = dev.measure(pte, threads=2, warmup=2, runs=3)
+    result = dev.measure(pte, MeasureSettings(threads=2, warmup=2, runs=3)).result
     assert result.samples_ms == (30.5, 40.5, 50.5)  # the two warm-up iterations dropped
     run = next(c for c in commands if "--model_path=" in c)
     assert "--num_executions=5" in run and "--cpu_threads=2" in run
     # no --min_secs in executor_runner: a second pass with the count the first implies
     commands.clear()
-    result = dev.measure(pte, threads=1, warmup=2, runs=3, min_time_s=1.0)
+    result = dev.measure(pte, MeasureSettings(threads=1, warmup=2, runs=3, min_time_s=1.0)).result
     runs = [c for c in commands if "--model_path=" in c]
     assert len(runs) == 2 and "--num_executions=5" in runs[0]
     assert "--num_executions=27" in runs[1]  # 2 warm-up + ceil(1000 ms / 40.5 ms mean of the first pass)
     assert result.count == 25 and result.samples_ms[0] == 30.5 and sum(result.samples_ms) >= 1000
     commands.clear()
-    assert dev.measure(pte, threads=1, warmup=2, runs=3, min_time_s=0.1).count == 3  # 121.5 ms already
+    assert dev.measure(pte, MeasureSettings(threads=1, warmup=2, runs=3, min_time_s=0.1)).result.count == 3  # 121.5 ms already
     assert len([c for c in commands if "--model_path=" in c]) == 1
     dev.close()
 
 
 def test_pte_over_loopback_with_the_runner(device: AdbDevice) -> None:
-    result = device.measure(check_model("pte"), 1, 1, 4)
+    result = device.measure(check_model("pte"), MeasureSettings(threads=1, warmup=1, runs=4)).result
     assert result.count == 4 and result.median_ms > 0
 
 
@@ -206,30 +206,37 @@ def _db(tmp_path: Path):
 
 
 def test_connection_killed_mid_measurement_is_retried_then_reported(served, key: Path, tiny_tflite: Path, tmp_path: Path) -> None:
-    from akd_mobile.latency import measure_file
+    from akd_mobile.latency import LatencyService
 
     loopback_device(served.port, key).setup()
     proxy = KillingProxy(served.port, b"--graph=")
     dev = loopback_device(proxy.port, key, retries=2)
     with _db(tmp_path) as db:
+        service = LatencyService(dev, db, MeasureSettings(threads=1, warmup=1, runs=3))
         with pytest.raises(DeviceUnavailable, match="failed after 3 attempt"):
-            measure_file(tiny_tflite, dev, db, threads=1, warmup=1, runs=3)
+            service.measure_file(tiny_tflite)
         assert db.stats().measurements == 0
     assert proxy.kills == 3
     proxy.close()
 
 
 def test_connection_killed_once_is_retried(served, key: Path, tiny_tflite: Path, tmp_path: Path) -> None:
-    from akd_mobile.latency import measure_file, store_measurement
+    import json
+    import sqlite3
+
+    from akd_mobile.latency import LatencyService
 
     loopback_device(served.port, key).setup()
     proxy = KillingProxy(served.port, b"--graph=", kills=1)
     dev = loopback_device(proxy.port, key)
     with _db(tmp_path) as db:
-        out = store_measurement(db, measure_file(tiny_tflite, dev, db, threads=1, warmup=1, runs=3))
-        assert out.result.count == 3
+        service = LatencyService(dev, db, MeasureSettings(threads=1, warmup=1, runs=3))
+        new = service.measure_file(tiny_tflite)
+        out = service.store(new)
+        assert out.result.count == 3 and new.conditions["attempts"] == 2
         assert db.stats().measurements == 1
-    assert dev.last_conditions.attempts == 2
+    stored = sqlite3.connect(tmp_path / "latency.sqlite").execute("SELECT thermal FROM measurements").fetchone()[0]
+    assert json.loads(stored) == new.conditions
     proxy.close()
 
 
@@ -311,7 +318,8 @@ def test_real_device_check() -> None:
     name = os.environ.get("AKD_DEVICE")
     if not name:
         pytest.skip("set AKD_DEVICE to a device profile to run against a real phone or emulator")
-    from devices.manage import check_device, setup_device
+    from akd_mobile.device_check import check_device
+    from devices.manage import setup_device
     from devices.profiles import open_device
 
     info = open_device(name).info()

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from devices.manage import check_model
+from akd_mobile.device_check import check_model
 from devices_support import daemon, free_port, make_key, profile_toml
 
 
@@ -80,7 +80,7 @@ def test_device_errors_are_one_line(tmp_path: Path) -> None:
     one_line_error(run("devices", "info", str(profile_toml(tmp_path / "p.toml", free_port(), key))), "nothing listens")
     bad = tmp_path / "bad.toml"
     bad.write_text('backend = "adb"\naddress = "127.0.0.1:1"\nthreads = 0\n')
-    one_line_error(run("devices", "info", str(bad)), "threads >= 1")
+    one_line_error(run("devices", "info", str(bad)), "bad.toml: threads must be an integer >= 1, got 0")
 
 
 @pytest.mark.parametrize("by", ["path", "name"])

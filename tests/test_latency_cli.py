@@ -231,7 +231,7 @@ def test_unwritable_database_is_one_line_error_and_reads_still_work(read_only, e
 # a folder SQLite cannot write fails the opening already: bench stops before measuring
 @pytest.mark.parametrize("read_only, measures", [("file", True), ("folder", False)], indirect=["read_only"])
 def test_bench_prints_its_measurement_before_saying_it_cannot_store_it(read_only, measures):
-    from devices.manage import check_model
+    from akd_mobile.device_check import check_model
 
     db = read_only
     model = check_model("tflite")

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from akd_base.errors import DeviceError
+from akd_base.measurement import MeasureSettings
 from akd_mobile.export import export_model
 from akd_mobile.space import get_space
 from devices import local_runner
@@ -51,6 +52,9 @@ def test_profiles_resolve_by_name_and_path(tmp_path):
         ('backend = "local"\nmin_time_s = -1\n', "bad.toml: min_time_s must be a number of seconds >= 0, got -1"),
         ('backend = "local"\nmin_time_s = "3"\n', "min_time_s must be a number of seconds >= 0"),
         ('backend = "local"\nmin_time_s = nan\n', "min_time_s must be a number of seconds >= 0"),
+        ('backend = "local"\nruns = 0\n', "bad.toml: runs must be an integer >= 1, got 0"),
+        ('backend = "local"\nthreads = 1.5\n', "bad.toml: threads must be an integer >= 1, got 1.5"),
+        ('backend = "local"\nwarmup = -1\n', "bad.toml: warmup must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_profiles_are_one_line_errors(tmp_path, text, message):
@@ -85,7 +89,7 @@ def test_info_describes_the_host():
 
 @pytest.mark.parametrize("fmt", ["tflite", "pte"])
 def test_measure_gives_sane_statistics(models, fmt):
-    r = LocalDevice().measure(models[fmt], threads=1, warmup=3, runs=15)
+    r = LocalDevice().measure(models[fmt], MeasureSettings(threads=1, warmup=3, runs=15)).result
     assert r.count == len(r.samples_ms) == 15
     assert all(math.isfinite(s) and s > 0 for s in r.samples_ms)
     assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= r.max_ms < 1000
@@ -109,10 +113,10 @@ def child_commands(monkeypatch):
 
 
 def test_runs_are_split_over_processes_and_pooled(models, child_commands):
-    r = LocalDevice(processes=3).measure(models["tflite"], threads=1, warmup=1, runs=7)
+    r = LocalDevice(processes=3).measure(models["tflite"], MeasureSettings(threads=1, warmup=1, runs=7)).result
     assert [int(cmd[-3]) for cmd in child_commands] == [3, 2, 2] and r.count == 7  # each child's share of the runs
     child_commands.clear()
-    assert LocalDevice(processes=3).measure(models["tflite"], threads=1, warmup=0, runs=2).count == 2
+    assert LocalDevice(processes=3).measure(models["tflite"], MeasureSettings(threads=1, warmup=0, runs=2)).result.count == 2
     assert [int(cmd[-3]) for cmd in child_commands] == [1, 1]  # never an empty share
     with pytest.raises(DeviceError, match="processes must be an integer >= 1"):
         LocalDevice(processes=0)
@@ -120,7 +124,7 @@ def test_runs_are_split_over_processes_and_pooled(models, child_commands):
 
 @pytest.mark.parametrize("fmt", ["tflite", "pte"])
 def test_timed_runs_go_on_until_the_minimum_time(models, child_commands, fmt):
-    r = LocalDevice(processes=2).measure(models[fmt], threads=1, warmup=1, runs=2, min_time_s=0.4)
+    r = LocalDevice(processes=2).measure(models[fmt], MeasureSettings(threads=1, warmup=1, runs=2, min_time_s=0.4)).result
     assert [float(cmd[-2]) for cmd in child_commands] == [0.2, 0.2]  # each child's share of the minimum time
     # the tiny model takes well under 0.1 s a run: far more than 2 runs were needed
     assert r.count == len(r.samples_ms) > 4 and sum(r.samples_ms) >= 400
@@ -149,11 +153,11 @@ def test_corrupt_and_empty_models_are_one_line_errors(tmp_path, suffix):
     empty = tmp_path / f"empty{suffix}"
     empty.write_bytes(b"")
     with pytest.raises(DeviceError, match="is empty"):
-        device.measure(empty, 1, 0, 1)
+        device.measure(empty, MeasureSettings(threads=1, warmup=0, runs=1))
     corrupt = tmp_path / f"corrupt{suffix}"
     corrupt.write_bytes(random.Random(0).randbytes(4096))
     with pytest.raises(DeviceError, match=f"corrupt{suffix} is not a .* model") as err:
-        device.measure(corrupt, 1, 0, 1)
+        device.measure(corrupt, MeasureSettings(threads=1, warmup=0, runs=1))
     assert "\n" not in str(err.value)
 
 
@@ -162,33 +166,33 @@ def test_truncated_model_fails_in_the_child_not_here(models, tmp_path, fmt):
     truncated = tmp_path / f"truncated.{fmt}"
     truncated.write_bytes(models[fmt].read_bytes()[:2048])
     with pytest.raises(DeviceError, match=f"(local cannot run|the runtime crashed measuring) truncated.{fmt}") as err:
-        LocalDevice().measure(truncated, 1, 0, 1)
+        LocalDevice().measure(truncated, MeasureSettings(threads=1, warmup=0, runs=1))
     assert "\n" not in str(err.value)
 
 
 def test_bad_arguments(tmp_path, models):
     device = LocalDevice()
     with pytest.raises(DeviceError, match="does not exist"):
-        device.measure(tmp_path / "none.tflite", 1, 0, 1)
+        device.measure(tmp_path / "none.tflite", MeasureSettings(threads=1, warmup=0, runs=1))
     with pytest.raises(DeviceError, match="expected a .tflite or .pte file"):
-        device.measure(tmp_path / "model.onnx", 1, 0, 1)
-    with pytest.raises(DeviceError, match="threads >= 1"):
-        device.measure(models["tflite"], 0, 0, 1)
-    for bad in (-0.5, math.nan, math.inf):
+        device.measure(tmp_path / "model.onnx", MeasureSettings(threads=1, warmup=0, runs=1))
+    with pytest.raises(DeviceError, match="threads must be an integer >= 1, got 0"):
+        MeasureSettings(threads=0)
+    for bad in (-0.5, math.nan, math.inf, "1", True):
         with pytest.raises(DeviceError, match="min_time_s must be a number of seconds >= 0"):
-            device.measure(models["tflite"], 1, 0, 1, min_time_s=bad)
+            MeasureSettings(min_time_s=bad)
 
 
 def test_runner_is_ours_whatever_the_cwd(models, monkeypatch, tmp_path):
     (tmp_path / "devices").mkdir()
     (tmp_path / "devices" / "__init__.py").write_text("raise SystemExit('imported the wrong devices package')\n")
     monkeypatch.chdir(tmp_path)
-    assert LocalDevice().measure(models["tflite"], 1, 0, 2).count == 2
+    assert LocalDevice().measure(models["tflite"], MeasureSettings(threads=1, warmup=0, runs=2)).result.count == 2
 
 
 def test_hang_is_killed_after_the_timeout(models):
     with pytest.raises(DeviceError, match=r"took over 0.5 s and was stopped"):
-        LocalDevice(timeout_s=0.5).measure(models["tflite"], 1, 0, 1_000_000)
+        LocalDevice(timeout_s=0.5).measure(models["tflite"], MeasureSettings(threads=1, warmup=0, runs=1_000_000))
 
 
 def test_crash_is_reported_not_propagated(models, monkeypatch, tmp_path):
@@ -197,4 +201,4 @@ def test_crash_is_reported_not_propagated(models, monkeypatch, tmp_path):
     crasher.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(crasher))
     with pytest.raises(DeviceError, match=r"the runtime crashed measuring .* \(killed by SIGSEGV\)"):
-        LocalDevice().measure(models["tflite"], 1, 0, 1)
+        LocalDevice().measure(models["tflite"], MeasureSettings(threads=1, warmup=0, runs=1))

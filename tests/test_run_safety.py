@@ -168,20 +168,22 @@ def test_a_device_or_host_failure_stops_the_run_resumably_with_the_candidate_pen
 
 
 def test_the_evaluator_records_a_candidates_own_failure_and_raises_the_devices(monkeypatch):
-    import akd_mobile.latency as latency_module
+    from akd_mobile.latency import LatencyService
+    from devices.local import LocalDevice
 
-    evaluator = search_module.Evaluator(search_module.SearchConfig(reward="ce", target_ms=1.0),
-                                        search_module.SearchInputs(None, SPACE, None, {}), db=None, device=None)
+    config = search_module.SearchConfig(reward="ce", target_ms=1.0, threads=1, warmup=0, runs=1, min_time_s=0.0)
+    evaluator = search_module.Evaluator(config, search_module.SearchInputs(None, SPACE, None, {}), db=None,
+                                        device=LocalDevice())
     arch = SPACE.sample(__import__("random").Random(1))
-    monkeypatch.setattr(latency_module, "arch_latency", _raise(ExportError("tflite conversion failed: op aten.foo")))
+    monkeypatch.setattr(LatencyService, "latency", _raise(ExportError("tflite conversion failed: op aten.foo")))
     outcome = evaluator.evaluate(arch)
     assert outcome.status == "failed" and "aten.foo" in outcome.error
-    monkeypatch.setattr(latency_module, "arch_latency", _raise(DeviceUnavailable("phone unplugged")))
+    monkeypatch.setattr(LatencyService, "latency", _raise(DeviceUnavailable("phone unplugged")))
     with pytest.raises(DeviceUnavailable):
         evaluator.evaluate(arch)
     wrapped = ExportError("conversion failed")
     wrapped.__cause__ = OSError(28, "No space left on device")
-    monkeypatch.setattr(latency_module, "arch_latency", _raise(wrapped))
+    monkeypatch.setattr(LatencyService, "latency", _raise(wrapped))
     with pytest.raises(ExportError):
         evaluator.evaluate(arch)
 

@@ -3,6 +3,8 @@ storage, failures, reuse, interruption and resume."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import akd_mobile.search as search_module
@@ -172,13 +174,16 @@ def test_measurement_defaults_come_from_the_profile(fake, tmp_path):
     from akd_base.errors import DeviceError
     from devices.profiles import load_profile
 
-    local = load_profile("local").settings
+    local = load_profile("local").measure
     resolved = resolve_device_defaults(SearchConfig())
-    assert (resolved.threads, resolved.warmup, resolved.runs, resolved.min_time_s) == (
-        local["threads"], local["warmup"], local["runs"], local["min_time_s"])
-    assert resolve_device_defaults(SearchConfig(min_time_s=0.0)).min_time_s == 0.0
+    assert resolved.measure == local
+    assert resolve_device_defaults(SearchConfig(min_time_s=0.0, runs=7)).measure == dataclasses.replace(
+        local, min_time_s=0.0, runs=7)
     summary = run_search(CONFIG, tmp_path / "db.sqlite")
-    assert summary.config["min_time_s"] == local["min_time_s"]  # stored with the run
+    assert summary.config["min_time_s"] == local.min_time_s  # stored with the run
+    # a run stored before the minimum time existed measures with none
+    stored = {k: v for k, v in dataclasses.asdict(resolved).items() if k != "min_time_s"}
+    assert SearchConfig.from_stored(stored).measure == dataclasses.replace(local, min_time_s=0.0)
     with pytest.raises(SearchError, match="--min-time must be a number of seconds >= 0, got -1"):
         run_search(SearchConfig(min_time_s=-1), tmp_path / "db.sqlite")
     bad = tmp_path / "bad.toml"

@@ -1,0 +1,186 @@
+"""A latency predictor per device, format, thread count and runtime, fitted on the
+whole-model measurements the latency database holds.
+
+The model (`LatencyModel`, kind KIND) is physical first and learned second:
+
+- base: latency = sum_j c_j * x_j + c_0, with x the operator work and traffic of
+  `akd_mobile.latency_features` and every cost c_j >= 0 (a MAC or a byte never takes negative
+  time), fitted by non-negative least squares on relative errors (each row divided by its
+  latency: to first order a fit in log space, so a 0.2 ms student counts as much as a 20 ms one);
+- correction: a ridge regression (scikit-learn's RidgeCV, its penalty chosen by leave-one-out)
+  of log(measured / base) on the standardized log features: what a sum of costs misses
+  (cache effects, kernels that are faster at some widths);
+- band: the 95th percentile of |predicted / measured - 1| over a 5-fold cross-validation of the
+  training set, each prediction made by a model that did not see it. The search treats a
+  prediction as uncertain within this band.
+
+Fitted models are stored with the measurements they were fitted on
+(`latency_db.predictors`), so a prediction names its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from akd_base.errors import PredictorError
+from akd_mobile.latency_features import FEATURES, arch_features
+from akd_mobile.space import ArchSpec, get_space
+from latency_db.predictors import KeyedMeasurement, ModelKey, StoredModel, keyed_measurements, latest_model, save_model
+from latency_db.store import LatencyDB
+
+KIND = "ops-nnls-ridge/1"
+MIN_ARCHS = 10  # a fit needs at least this many measured architectures
+BAND_QUANTILE = 0.95
+FOLDS = 5
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """A fitted predictor's parameters (see the module docstring).
+
+    Attributes:
+        costs: ms per unit of each FEATURES entry, then the constant ms (all >= 0).
+        mean: the correction's feature means (of log1p features).
+        scale: the correction's feature scales.
+        ridge: the correction's coefficients, then its intercept.
+        band: relative error band.
+        archs: architectures it was fitted on.
+    """
+
+    costs: tuple[float, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    ridge: tuple[float, ...]
+    band: float = math.nan
+    archs: int = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted latencies (ms) of the feature rows `x` (n x len(FEATURES))."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        base = np.maximum(x @ np.array(self.costs[:-1]) + self.costs[-1], 1e-9)
+        z = (np.log1p(x) - np.array(self.mean)) / np.array(self.scale)
+        return base * np.exp(z @ np.array(self.ridge[:-1]) + self.ridge[-1])
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form."""
+        return {"features": list(FEATURES), **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LatencyModel:
+        """Read the stored form back (PredictorError for one of other features)."""
+        if data.get("features") != list(FEATURES):
+            raise PredictorError("this latency model was fitted on other features; fit it again (akd-mobile latency fit)")
+        return cls(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], list) else data[f.name]
+                      for f in dataclasses.fields(cls)})
+
+
+def fit_model(x: np.ndarray, y: np.ndarray, folds: int = FOLDS) -> LatencyModel:
+    """Fit a LatencyModel to feature rows `x` and latencies `y` (ms, one per architecture),
+    with its band from a `folds`-fold cross-validation.
+
+    Raises:
+        PredictorError: fewer than MIN_ARCHS rows, or a latency that is not positive.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(y) < MIN_ARCHS:
+        raise PredictorError(f"a latency model needs at least {MIN_ARCHS} measured architectures, got {len(y)}; "
+                             "measure more (akd-mobile latency sweep)")
+    if not np.all(np.isfinite(y) & (y > 0)):
+        raise PredictorError("latencies must be positive numbers of milliseconds")
+    from sklearn.model_selection import KFold
+
+    relative_errors = np.empty(len(y))
+    for train, test in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=0).split(x):
+        relative_errors[test] = _fit(x[train], y[train]).predict(x[test]) / y[test] - 1.0
+    band = float(np.quantile(np.abs(relative_errors), BAND_QUANTILE))
+    return dataclasses.replace(_fit(x, y), band=band, archs=len(y))
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> LatencyModel:
+    from scipy.optimize import nnls
+    from sklearn.linear_model import RidgeCV
+
+    design = np.column_stack([x, np.ones(len(y))])
+    columns = np.maximum(np.abs(design).max(axis=0), 1e-12)  # NNLS on columns of one scale
+    weights, _ = nnls(design / columns / y[:, None], np.ones(len(y)))
+    costs = weights / columns
+    base = np.maximum(design @ costs, 1e-9)
+    logs = np.log1p(x)
+    mean, scale = logs.mean(axis=0), logs.std(axis=0)
+    scale[scale == 0] = 1.0
+    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit((logs - mean) / scale, np.log(y / base))
+    return LatencyModel(tuple(costs), tuple(mean), tuple(scale), (*ridge.coef_, float(ridge.intercept_)))
+
+
+def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per architecture (first measured first): its key, its features and the median of its
+    measured medians."""
+    by_arch: dict[str, list[KeyedMeasurement]] = {}
+    for m in measurements:
+        by_arch.setdefault(m.arch_key, []).append(m)
+    keys = list(by_arch)
+    x = np.array([features_of(ArchSpec.from_json(by_arch[k][0].arch_json)) for k in keys]).reshape(len(keys), len(FEATURES))
+    y = np.array([float(np.median([m.median_ms for m in by_arch[k]])) for k in keys])
+    return keys, x, y
+
+
+def features_of(arch: ArchSpec) -> np.ndarray:
+    """The features of `arch` in its own space."""
+    return arch_features(get_space(arch.space, arch.input_shape, arch.num_classes), arch)
+
+
+def fit_stored(db: LatencyDB, key: ModelKey) -> StoredModel:
+    """Fit a predictor on every measurement under `key` and store it.
+
+    Raises:
+        PredictorError: too few measured architectures.
+    """
+    measurements = keyed_measurements(db, key)
+    keys, x, y = training_set(measurements)
+    model = fit_model(x, y)
+    model_id = save_model(db, key, KIND, model.to_json(), [m.uid for m in measurements], len(keys), model.band)
+    stored = latest_model(db, key)
+    assert stored is not None and stored.id == model_id
+    return stored
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted latency and the model that made it.
+
+    Attributes:
+        median_ms: the predicted median latency.
+        band: the model's relative error band (the truth is within median_ms * (1 +- band)
+            for 95% of its cross-validated predictions).
+        model_id: the stored model's id.
+    """
+
+    median_ms: float
+    band: float
+    model_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Predictor:
+    """The newest stored model of a ModelKey, ready to predict architectures."""
+
+    def __init__(self, db: LatencyDB, key: ModelKey) -> None:
+        stored = latest_model(db, key)
+        if stored is None:
+            raise PredictorError(f"no latency model for {key.describe()}; fit one with akd-mobile latency fit")
+        if stored.kind != KIND:
+            raise PredictorError(f"latency model {stored.id} is a {stored.kind} model; fit it again (akd-mobile latency fit)")
+        self.stored = stored
+        self.model = LatencyModel.from_json(stored.model)
+
+    def predict(self, arch: ArchSpec) -> Prediction:
+        """The predicted latency of `arch`."""
+        features = features_of(arch)
+        return Prediction(float(self.model.predict(features)[0]), self.stored.band, self.stored.id)

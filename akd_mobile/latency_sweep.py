@@ -1,0 +1,112 @@
+"""Seed a device's latency predictor: measure N students spread over the space's cost range.
+
+`sweep_archs` picks N architectures whose MACs are spread evenly in log scale from the
+space's cheapest to its dearest sampled student (random samples bunch in the middle; a
+predictor has to know the ends too), then shuffles them with the same seed, so the first
+k of an interrupted sweep are a fair sample of the whole. `run_sweep` measures each through
+the latency service (an architecture the database holds costs nothing, so the same command
+resumes), then measures the first `repeat` a second time, after all the others, for the
+device's noise floor (`akd_mobile.latency_eval.noise_floor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from akd_base.errors import error_line, stops_the_run
+from akd_mobile.latency import LatencyService
+from akd_mobile.space import ArchSpec, SearchSpace
+
+log = logging.getLogger(__name__)
+
+POOL_PER_PICK = 20  # random samples drawn per architecture picked
+
+
+def sweep_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchSpec]:
+    """`n` distinct architectures of `space`, spread evenly over log MACs, in a seeded order."""
+    rng = random.Random(seed)
+    pool: dict[str, tuple[float, ArchSpec]] = {}
+    for _ in range(POOL_PER_PICK * n):
+        arch = space.sample(rng)
+        pool.setdefault(arch.key, (math.log(space.cost(arch).macs), arch))
+    ranked = sorted(pool.values(), key=lambda item: (item[0], item[1].key))
+    lo, hi = ranked[0][0], ranked[-1][0]
+    picked: list[ArchSpec] = []
+    taken: set[int] = set()
+    for i in range(min(n, len(ranked))):
+        target = lo + (hi - lo) * (i + 0.5) / n
+        best = min((j for j in range(len(ranked)) if j not in taken), key=lambda j: abs(ranked[j][0] - target))
+        taken.add(best)
+        picked.append(ranked[best][1])
+    rng.shuffle(picked)
+    return picked
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """One architecture of a sweep done (or failed).
+
+    Attributes:
+        index: its position, from 1.
+        total: measurements the sweep makes (archs plus repeats).
+        arch_key: the architecture.
+        median_ms: its latency, None when it failed.
+        cached: True when the database already held it.
+        error: why it failed, None otherwise.
+    """
+
+    index: int
+    total: int
+    arch_key: str
+    median_ms: float | None
+    cached: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a sweep did: architectures measured now, found in the database, failed, repeated."""
+
+    measured: int
+    cached: int
+    failed: int
+    repeated: int
+
+
+def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0,
+              on_progress: Callable[[SweepProgress], None] = lambda progress: None) -> SweepSummary:
+    """Measure each of `archs` unless the database holds it, then the first `repeat` again
+    unless they already have a second measurement. An architecture's own failure (it does not
+    convert) is reported and skipped; the device's or the host's stops the sweep (raised).
+    """
+    from latency_db.predictors import ModelKey, measurement_counts
+
+    assert service.db is not None, "a sweep stores what it measures"
+    total = len(archs) + min(repeat, len(archs))
+    measured = cached = failed = 0
+    for index, arch in enumerate(archs, start=1):
+        try:
+            out = service.latency(arch)
+        except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the sweep goes on
+            if stops_the_run(exc):
+                raise
+            failed += 1
+            on_progress(SweepProgress(index, total, arch.key, None, False, error_line(exc)))
+            continue
+        measured += not out.cached
+        cached += out.cached
+        on_progress(SweepProgress(index, total, arch.key, out.result.median_ms, out.cached))
+    key = ModelKey(service.info.fingerprint, service.settings.fmt, service.settings.threads, service.runtime)
+    counts = measurement_counts(service.db, key)
+    repeated = 0
+    for index, arch in enumerate(archs[:repeat], start=len(archs) + 1):
+        if counts.get(arch.key, 0) != 1:  # repeated already, or failed
+            continue
+        out = service.store(service.measure(arch))
+        repeated += 1
+        on_progress(SweepProgress(index, total, arch.key, out.result.median_ms, False))
+    return SweepSummary(measured, cached, failed, repeated)

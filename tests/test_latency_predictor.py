@@ -1,0 +1,297 @@
+"""The latency predictor: features, the fit on a known cost law, storage with its measurements,
+the evaluation and its bounds, the sweep, and the commands' bad paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from akd_base.errors import DeviceUnavailable, ExportError, PredictorError
+from akd_base.measurement import DeviceInfo, LatencyResult, MeasureSettings
+from akd_mobile.latency_eval import clopper_pearson_lower, evaluate_predictor, noise_floor
+from akd_mobile.latency_features import FEATURES, arch_features
+from akd_mobile.latency_predictor import MIN_ARCHS, LatencyModel, Predictor, fit_model, fit_stored
+from akd_mobile.latency_sweep import run_sweep, sweep_archs
+from akd_mobile.space import get_space
+from cli import cli
+from latency_db import open_db
+from latency_db.predictors import KeyedMeasurement, ModelKey, keyed_measurements, resolve_key
+from latency_db.store import Artifact
+
+SPACE = get_space("mnasnet-small")
+HOST = DeviceInfo("local", "Xeon", "Xeon", "x86_64", 2, runtimes={"litert": "2.3.0", "executorch": "1.0"})
+KEY = ModelKey(HOST.fingerprint, "tflite", 1, "litert 2.3.0")
+# a known cost law: ms per unit of each feature, then a constant
+LAW = np.array([2e-8, 5e-8, 1.5e-8, 1e-7, 4e-8, 0.0, 1e-3, 0.02])
+
+
+def law_ms(arch) -> float:
+    return float(arch_features(SPACE, arch) @ LAW[:-1] + LAW[-1])
+
+
+def archs(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    return [SPACE.sample(rng) for _ in range(n)]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def record(db, arch, ms: float, info: DeviceInfo = HOST, name: str = "local") -> None:
+    artifact = Artifact(f"{arch.key}{ms}".encode().hex()[:64].ljust(64, "0"), "tflite", 1000, arch.to_json(), "x")
+    db.record(info, LatencyResult.from_samples([ms]), fmt="tflite", threads=1, warmup=0, runs=1,
+              runtime_version="litert 2.3.0", arch_key=arch.key, artifact=artifact, device_name=name)
+
+
+def law_database(path: Path, n: int, noise: float = 0.0, repeats: int = 0) -> Path:
+    """A database of `n` students measured at the cost law (times a seeded log-normal noise),
+    the first `repeats` of them twice."""
+    rng = np.random.default_rng(0)
+    students = archs(n)
+    with open_db(path) as db:
+        for arch in students + students[:repeats]:
+            record(db, arch, law_ms(arch) * math.exp(rng.normal(0, noise)))
+    return path
+
+
+# ---------------------------------------------------------------- features and the fit
+
+
+def test_features_count_the_spaces_own_macs():
+    """The four MAC features add up to the space's analytic MACs plus the pooled shortcuts' pools."""
+    for arch in archs(20, seed=3):
+        x = dict(zip(FEATURES, arch_features(SPACE, arch)))
+        pools = sum(9 * layer.in_ch * layer.out_hw[0] * layer.out_hw[1] for layer in SPACE.plan(arch)
+                    if layer.skip == "pool")
+        macs = x["dense_macs"] + x["depthwise_macs"] + x["pointwise_macs"] + x["small_macs"]
+        assert macs == SPACE.cost(arch).macs + pools
+        assert x["weight_elems"] == SPACE.cost(arch).params and x["ops"] > 2 * len(SPACE.plan(arch))
+
+
+def test_a_fit_recovers_a_known_cost_law():
+    students = archs(160)
+    x = np.array([arch_features(SPACE, a) for a in students])
+    y = x @ LAW[:-1] + LAW[-1]
+    model = fit_model(x[:100], y[:100])
+    relative = model.predict(x[100:]) / y[100:] - 1
+    assert np.max(np.abs(relative)) < 0.01 and model.band < 0.01 and model.archs == 100
+    costs = np.array(model.costs)
+    for j, name in enumerate(FEATURES):  # the costs that carry the latency come back
+        share = np.mean(x[:, j] * LAW[j] / y)
+        if share > 0.1:
+            assert costs[j] == pytest.approx(LAW[j], rel=0.1), name
+    assert np.all(costs >= 0)
+    assert LatencyModel.from_json(json.loads(json.dumps(model.to_json()))) == model
+
+
+def test_the_band_grows_with_the_noise():
+    students = archs(100)
+    x = np.array([arch_features(SPACE, a) for a in students])
+    y = x @ LAW[:-1] + LAW[-1]
+    noisy = y * np.exp(np.random.default_rng(1).normal(0, 0.05, len(y)))
+    assert fit_model(x, y).band < 0.01 < 0.05 < fit_model(x, noisy).band < 0.2
+
+
+def test_too_few_or_bad_latencies_are_refused():
+    x = np.array([arch_features(SPACE, a) for a in archs(MIN_ARCHS)])
+    with pytest.raises(PredictorError, match=f"at least {MIN_ARCHS} measured architectures, got {MIN_ARCHS - 1}"):
+        fit_model(x[:-1], np.ones(MIN_ARCHS - 1))
+    with pytest.raises(PredictorError, match="must be positive"):
+        fit_model(x, np.r_[np.ones(MIN_ARCHS - 1), 0.0])
+
+
+# ---------------------------------------------------------------- storage and prediction
+
+
+def test_a_fit_is_stored_with_its_measurements_and_predicts(tmp_path):
+    db_path = law_database(tmp_path / "l.sqlite", 30, repeats=2)
+    with open_db(db_path) as db:
+        key = resolve_key(db, "local", "tflite", 1)
+        assert key == KEY
+        with pytest.raises(PredictorError, match="no latency model for device .*latency fit"):
+            Predictor(db, key)
+        stored = fit_stored(db, key)
+        assert stored.archs == 30 and len(stored.measurement_uids) == 32
+        assert set(stored.measurement_uids) == {m.uid for m in keyed_measurements(db, key)}
+        unseen = archs(5, seed=9)[0]
+        prediction = Predictor(db, key).predict(unseen)
+        assert prediction.model_id == stored.id
+        assert prediction.median_ms == pytest.approx(law_ms(unseen), rel=0.02)
+        assert fit_stored(db, key).id == stored.id + 1  # a new fit is a new model; the newest predicts
+        assert Predictor(db, key).stored.id == stored.id + 1
+
+
+def test_keys_resolve_by_name_or_fingerprint_and_refuse_the_unknown(tmp_path):
+    db_path = law_database(tmp_path / "l.sqlite", 3)
+    other = DeviceInfo("local", "Epyc", "Epyc", "x86_64", 2, runtimes={"litert": "2.3.0"})
+    with open_db(db_path) as db:
+        assert resolve_key(db, HOST.fingerprint, "tflite", 1) == KEY
+        with pytest.raises(Exception, match="has no device 'pixel'"):
+            resolve_key(db, "pixel", "tflite", 1)
+        with pytest.raises(Exception, match=r"no measurements of device local \(.pte, 1 thread"):
+            resolve_key(db, "local", "pte", 1)
+        record(db, archs(1, seed=5)[0], 1.0, info=other)
+        with pytest.raises(Exception, match="names 2 devices .*give a fingerprint"):
+            resolve_key(db, "local", "tflite", 1)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_clopper_pearson_matches_scipy():
+    from scipy.stats import binomtest
+
+    for k, n in [(150, 150), (145, 150), (7, 10), (1, 299), (299, 299), (0, 20)]:
+        expected = binomtest(k, n, alternative="greater").proportion_ci(0.95, method="exact").low
+        assert clopper_pearson_lower(k, n) == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError):
+        clopper_pearson_lower(3, 2)
+
+
+def _measurements(values: list[tuple[str, float]]) -> list[KeyedMeasurement]:
+    arch = archs(1)[0].to_json()
+    return [KeyedMeasurement(f"u{i}", key, arch, ms, f"2026-01-01T00:00:{i:02d}") for i, (key, ms) in enumerate(values)]
+
+
+def test_the_noise_floor_compares_repeats_with_the_first():
+    floor = noise_floor(_measurements([("a", 1.0), ("b", 2.0), ("a", 1.05), ("b", 2.5), ("a", 0.89)]))
+    assert (floor.trials, floor.within) == (3, 1)  # 1.05 is within 10% of 1.0; 2.5 and 0.89 are not
+    assert floor.lower == pytest.approx(clopper_pearson_lower(1, 3))
+    assert noise_floor(_measurements([("a", 1.0), ("b", 2.0)])) is None
+
+
+def test_eval_holds_out_by_architecture(tmp_path):
+    db_path = law_database(tmp_path / "l.sqlite", 80, noise=0.03, repeats=10)
+    with open_db(db_path) as db:
+        e = evaluate_predictor(keyed_measurements(db, KEY), KEY, sizes=(10, 30, 100), held_out=40)
+    assert (e.archs, e.held_out) == (80, 40)
+    assert [r.train_archs for r in e.results] == [10, 30]  # 100 does not fit beside 40 held out of 80
+    for r in e.results:
+        assert r.agreement.trials == 40 and r.agreement.within / 40 == r.agreement.share
+        assert r.agreement.lower <= r.agreement.share and r.kendall_tau > 0.8 and r.rmspe < 0.15
+    assert e.results[-1].agreement.share >= 0.9
+    assert e.noise is not None and e.noise.trials == 10
+    with pytest.raises(PredictorError, match="cannot give 75 held out"):
+        evaluate_predictor(keyed_measurements(open_db(db_path), KEY), KEY, held_out=75)
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def test_the_sweep_spreads_over_the_cost_range():
+    picked = sweep_archs(SPACE, 30, seed=0)
+    assert len({a.key for a in picked}) == 30 and picked == sweep_archs(SPACE, 30, seed=0)
+    spread = sorted(math.log(SPACE.cost(a).macs) for a in picked)
+    plain = sorted(math.log(SPACE.cost(a).macs) for a in archs(30))
+    assert spread[0] < plain[0] and spread[-1] > plain[-1]  # reaches further out at both ends
+    gaps = np.diff(spread)
+    assert gaps.max() < 4 * (spread[-1] - spread[0]) / 30  # no hole in the middle
+
+
+class FakeService:
+    """The latency service's sweep surface over a real database, with a law for latencies."""
+
+    def __init__(self, db, fail: set[str] = frozenset(), down_after: int | None = None) -> None:
+        from akd_mobile.latency import LatencyOutcome, NewMeasurement
+
+        self.db, self.info, self.runtime = db, HOST, "litert 2.3.0"
+        self.settings = MeasureSettings(threads=1)
+        self.fail, self.down_after, self.measured = fail, down_after, []
+        self._outcome, self._new = LatencyOutcome, NewMeasurement
+
+    def latency(self, arch):
+        hit = self.db.lookup(arch.key, "tflite", HOST.fingerprint, 1, self.runtime)
+        if hit is not None:
+            return self._outcome(hit, True, 0, 0, None, arch.key, "tflite", HOST.fingerprint, self.runtime)
+        return self.store(self.measure(arch))
+
+    def measure(self, arch):
+        if arch.key in self.fail:
+            raise ExportError("op aten.foo does not convert")
+        if self.down_after is not None and len(self.measured) >= self.down_after:
+            raise DeviceUnavailable("phone unplugged")
+        self.measured.append(arch.key)
+        result = LatencyResult.from_samples([law_ms(arch)])
+        out = self._outcome(result, False, 0, 0, None, arch.key, "tflite", HOST.fingerprint, self.runtime)
+        artifact = Artifact(f"{arch.key}{len(self.measured)}".encode().hex()[:64].ljust(64, "0"), "tflite", 1,
+                            arch.to_json())
+        return self._new(out, HOST, "local", artifact, self.settings, {})
+
+    def store(self, new):
+        o = new.outcome
+        self.db.record(HOST, o.result, fmt="tflite", threads=1, warmup=0, runs=1, runtime_version=self.runtime,
+                       arch_key=o.arch_key, artifact=new.artifact, device_name="local")
+        return o
+
+
+def test_the_sweep_resumes_repeats_once_and_skips_a_failing_student(tmp_path):
+    picked = sweep_archs(SPACE, 12, seed=1)
+    with open_db(tmp_path / "s.sqlite") as db:
+        down = FakeService(db, down_after=5)
+        with pytest.raises(DeviceUnavailable):
+            run_sweep(down, picked, repeat=3)
+        assert len(down.measured) == 5 and db.stats().measurements == 5  # nothing lost, nothing half-stored
+        progress = []
+        again = FakeService(db, fail={picked[7].key})
+        summary = run_sweep(again, picked, repeat=3, on_progress=progress.append)
+        assert (summary.measured, summary.cached, summary.failed, summary.repeated) == (6, 5, 1, 3)
+        assert again.measured == [a.key for a in picked[5:] if a.key != picked[7].key] + [a.key for a in picked[:3]]
+        assert [p.index for p in progress] == list(range(1, 16)) and progress[7].error.startswith("ExportError")
+        assert progress[-1].total == 15
+        third = FakeService(db)
+        summary = run_sweep(third, picked, repeat=3)
+        assert (summary.measured, summary.cached, summary.repeated) == (1, 11, 0) and third.measured == [picked[7].key]
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def test_fit_predict_and_eval_commands(tmp_path):
+    db = law_database(tmp_path / "l.sqlite", 40, noise=0.02, repeats=4)
+    student = archs(3, seed=11)[0]
+    fit = run("latency", "fit", "--device", "local", "--db", db, "--json")
+    assert fit.exit_code == 0, fit.output
+    d = json.loads(fit.stdout)
+    assert d["archs"] == 40 and d["measurements"] == 44 and d["key"]["runtime_version"] == "litert 2.3.0"
+    predicted = json.loads(run("latency", "predict", student.canonical, "--device", "local", "--db", db, "--json").stdout)
+    assert predicted["model_id"] == d["model_id"] and predicted["arch_key"] == student.key
+    assert predicted["median_ms"] == pytest.approx(law_ms(student), rel=0.1)
+    text = run("latency", "predict", student.canonical, "--device", HOST.fingerprint, "--db", db).stdout
+    assert text.startswith(f"{student.key}  ") and f"latency model {d['model_id']})" in text
+    e = run("latency", "eval", "--device", "local", "--sizes", "10,30", "--held-out", 10, "--db", db)
+    assert e.exit_code == 0, e.output
+    assert "40 architectures, 10 held out" in e.stdout and len(e.stdout.splitlines()) == 5
+    assert "noise floor: 4 of 4 repeated measurements within 10% of the first (100.0%" in e.stdout  # 2% noise
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["latency", "fit", "--device", "local"], "at least 10 measured architectures, got 5"),
+        (["latency", "fit", "--device", "pixel"], "has no device 'pixel'"),
+        (["latency", "fit", "--device", "local", "--format", "pte"], "no measurements of device local (.pte"),
+        (["latency", "predict", "mb6", "--device", "local"], "blocks joined by"),
+        (["latency", "eval", "--device", "local"], "5 measured architectures cannot give 2 held out"),
+        (["latency", "eval", "--device", "local", "--sizes", "ten"], "--sizes must be integers"),
+        (["latency", "sweep", "--n", "3", "--device", "pixel9"], "unknown device 'pixel9'"),
+        (["latency", "sweep", "--n", "3", "--min-time", "-1"], "--min-time must be a number of seconds >= 0"),
+    ],
+)
+def test_bad_predictor_commands_are_one_line_errors(tmp_path, args, message):
+    db = law_database(tmp_path / "l.sqlite", 5)
+    r = run(*args, "--db", db)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+def test_predict_without_a_model_is_a_one_line_error(tmp_path):
+    db = law_database(tmp_path / "l.sqlite", 12)
+    r = run("latency", "predict", archs(1)[0].canonical, "--device", "local", "--db", db)
+    assert r.exit_code == 2 and "no latency model for device" in r.stderr and r.stderr.count("\n") == 1
