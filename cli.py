@@ -217,6 +217,9 @@ def augment_option(f):
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the profile's).")
 @click.option("--min-time", "min_time_s", type=float, default=None,
               help="Least seconds of timed runs per latency measurement (default: the profile's min_time_s).")
+@click.option("--latency", "latency_mode", type=click.Choice(["measure", "predict", "hybrid"]), default="measure",
+              show_default=True, help="Measure every new candidate, or let the device's latency model predict "
+                                      "(hybrid: measure where the decision depends on it; docs/latency.md).")
 @click.option("--proxy-steps", type=int, default=None, help="Proxy training steps per candidate (default 80).")
 @click.option("--proxy-batch-size", type=int, default=None,
               help="Proxy images per step (default 125; more than the training split takes all of it).")
@@ -228,7 +231,8 @@ def augment_option(f):
 @db_option
 @json_option
 def search(device, teacher, data, data_options, space_name, target_ms, constraint, reward, strategy, budget, batch, fmt,
-           threads, min_time_s, proxy_steps, proxy_batch_size, proxy_lr, seed, resume, report_dir, db_path, as_json):
+           threads, min_time_s, latency_mode, proxy_steps, proxy_batch_size, proxy_lr, seed, resume, report_dir, db_path,
+           as_json):
     """Search for the student the teacher distils best into, under the latency target."""
     from akd_mobile.distill import ProxyBudget
     from akd_mobile.report import format_summary, search_progress
@@ -239,7 +243,7 @@ def search(device, teacher, data, data_options, space_name, target_ms, constrain
         device=device, teacher=teacher, data=data, data_options=data_options, space=space_name, target_ms=target_ms,
         constraint=constraint,
         reward=reward, strategy=strategy, budget=budget, batch=batch, fmt=fmt, threads=threads,
-        min_time_s=min_time_s, proxy=proxy, seed=seed,
+        min_time_s=min_time_s, latency=latency_mode, proxy=proxy, seed=seed,
     )
     from akd_mobile.run_report import chained, live_report
 
@@ -442,8 +446,9 @@ def latency_stats(db_path, as_json):
 @latency.command("export")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--without-samples", is_flag=True, help="Leave out the per-run latencies (the statistics stay).")
 @db_option
-def latency_export(csv_file, json_file, db_path):
+def latency_export(csv_file, json_file, without_samples, db_path):
     """Write every measurement to a CSV or JSON file (give exactly one)."""
     from latency_db import open_db
     from latency_db.transfer import export_measurements
@@ -451,7 +456,7 @@ def latency_export(csv_file, json_file, db_path):
     if (csv_file is None) == (json_file is None):
         raise click.UsageError("give exactly one of --csv FILE or --json FILE")
     with open_db(db_path, read_only=True) as db:
-        n = export_measurements(db, csv_file or json_file, as_csv=csv_file is not None)
+        n = export_measurements(db, csv_file or json_file, as_csv=csv_file is not None, samples=not without_samples)
     click.echo(f"exported {n} measurements to {csv_file or json_file}")
 
 
@@ -499,7 +504,7 @@ def predictor_options(f):
 @click.option("--device", "device_name", default="local", show_default=True, help="Device profile name or .toml path.")
 @click.option("--n", "count", type=click.IntRange(min=1), required=True, help="Architectures to measure.")
 @click.option("--repeat", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Measure the first K a second time, after the others (the device's noise floor).")
+              help="Measure the j-th again right after the 2j-th, for j up to K (the device's noise floor).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's.")

@@ -2,10 +2,11 @@
 with one `MeasureSettings`: the database's when it holds it, else exported, measured and
 stored.
 
-The search, `bench`, `devices check` and `finalize` all ask a `LatencyService`. It looks
-each architecture up once (a remembered answer serves the search's prefetch and its
-evaluation alike), and `measure`/`measure_file` measure without storing, so that `bench` can
-print a measurement before `store` records it.
+The search, `bench`, `devices check`, `finalize` and `latency sweep` all ask a
+`LatencyService`. It looks each architecture up once (a remembered answer serves the search's
+prefetch and its evaluation alike); `measure`/`measure_file` measure without storing, so that
+`bench` can print a measurement before `store` records it; `predictor` is the device's newest
+latency model for the same key, for a search that predicts (`akd_mobile.latency_policy`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from akd_base.errors import DatabaseError, DeviceError
+from akd_base.errors import DatabaseError, DeviceError, PredictorError
 from akd_base.formats import RUNTIME_OF_FORMAT
 from akd_base.measurement import DeviceInfo, LatencyResult, MeasureSettings, conditions_json
 from akd_mobile.space import ArchSpec
 from devices.base import Device
+from latency_db.predictors import ModelKey
 from latency_db.store import Artifact, LatencyDB
+
+if TYPE_CHECKING:
+    from akd_mobile.latency_predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,28 @@ class LatencyService:
         self.info = device.info()
         self.runtime = runtime_version(self.info, settings.fmt)
         self._known: dict[str, LatencyOutcome | None] = {}  # arch key -> the database's answer
+        self._predictor: Predictor | None = None
+
+    @property
+    def key(self) -> ModelKey:
+        """What this service's latencies are keyed by, less the architecture (and what a
+        latency model of them predicts)."""
+        return ModelKey(self.info.fingerprint, self.settings.fmt, self.settings.threads, self.runtime)
+
+    @property
+    def predictor(self) -> Predictor:
+        """The newest latency model of this service's key, loaded once.
+
+        Raises:
+            PredictorError: the device has no latency model for this format, threads and runtime.
+        """
+        if self._predictor is None:
+            from akd_mobile.latency_predictor import Predictor
+
+            if self.db is None:
+                raise PredictorError("this latency service has no database to read a latency model from")
+            self._predictor = Predictor(self.db, self.key)
+        return self._predictor
 
     def lookup(self, arch: ArchSpec) -> LatencyOutcome | None:
         """The database's latency of `arch`, or None when it was never measured (asked once

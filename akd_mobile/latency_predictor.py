@@ -10,9 +10,10 @@ The model (`LatencyModel`, kind KIND) is physical first and learned second:
 - correction: a ridge regression (scikit-learn's RidgeCV, its penalty chosen by leave-one-out)
   of log(measured / base) on the standardized log features: what a sum of costs misses
   (cache effects, kernels that are faster at some widths);
-- band: the 95th percentile of |predicted / measured - 1| over a 5-fold cross-validation of the
-  training set, each prediction made by a model that did not see it. The search treats a
-  prediction as uncertain within this band.
+- band: the 95th percentile of |measured / predicted - 1| over a 5-fold cross-validation of the
+  training set, each prediction made by a model that did not see it: 95% of the measured
+  latencies lie within predicted * (1 +- band). The search treats a prediction as uncertain
+  within this band.
 
 Fitted models are stored with the measurements they were fitted on
 (`latency_db.predictors`), so a prediction names its model.
@@ -48,6 +49,7 @@ class LatencyModel:
         mean: the correction's feature means (of log1p features).
         scale: the correction's feature scales.
         ridge: the correction's coefficients, then its intercept.
+        range_ms: the fastest and slowest latency it was fitted on (outside them it extrapolates).
         band: relative error band.
         archs: architectures it was fitted on.
     """
@@ -56,6 +58,7 @@ class LatencyModel:
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     ridge: tuple[float, ...]
+    range_ms: tuple[float, float]
     band: float = math.nan
     archs: int = 0
 
@@ -96,7 +99,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, folds: int = FOLDS) -> LatencyModel:
 
     relative_errors = np.empty(len(y))
     for train, test in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=0).split(x):
-        relative_errors[test] = _fit(x[train], y[train]).predict(x[test]) / y[test] - 1.0
+        relative_errors[test] = y[test] / _fit(x[train], y[train]).predict(x[test]) - 1.0
     band = float(np.quantile(np.abs(relative_errors), BAND_QUANTILE))
     return dataclasses.replace(_fit(x, y), band=band, archs=len(y))
 
@@ -114,7 +117,8 @@ def _fit(x: np.ndarray, y: np.ndarray) -> LatencyModel:
     mean, scale = logs.mean(axis=0), logs.std(axis=0)
     scale[scale == 0] = 1.0
     ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit((logs - mean) / scale, np.log(y / base))
-    return LatencyModel(tuple(costs), tuple(mean), tuple(scale), (*ridge.coef_, float(ridge.intercept_)))
+    return LatencyModel(tuple(costs), tuple(mean), tuple(scale), (*ridge.coef_, float(ridge.intercept_)),
+                        (float(y.min()), float(y.max())))
 
 
 def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -158,14 +162,26 @@ class Prediction:
         band: the model's relative error band (the truth is within median_ms * (1 +- band)
             for 95% of its cross-validated predictions).
         model_id: the stored model's id.
+        extrapolated: the prediction lies outside the latencies the model was fitted on.
     """
 
     median_ms: float
     band: float
     model_id: int
+    extrapolated: bool
+
+    @property
+    def low_ms(self) -> float:
+        """The fast end of the band."""
+        return self.median_ms * max(0.0, 1.0 - self.band)
+
+    @property
+    def high_ms(self) -> float:
+        """The slow end of the band."""
+        return self.median_ms * (1.0 + self.band)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "low_ms": self.low_ms, "high_ms": self.high_ms}
 
 
 class Predictor:
@@ -182,5 +198,6 @@ class Predictor:
 
     def predict(self, arch: ArchSpec) -> Prediction:
         """The predicted latency of `arch`."""
-        features = features_of(arch)
-        return Prediction(float(self.model.predict(features)[0]), self.stored.band, self.stored.id)
+        median = float(self.model.predict(features_of(arch))[0])
+        low, high = self.model.range_ms
+        return Prediction(median, self.stored.band, self.stored.id, not low <= median <= high)

@@ -5,13 +5,14 @@ space's cheapest to its dearest sampled student (random samples bunch in the mid
 predictor has to know the ends too), then shuffles them with the same seed, so the first
 k of an interrupted sweep are a fair sample of the whole. `run_sweep` measures each through
 the latency service (an architecture the database holds costs nothing, so the same command
-resumes), then measures the first `repeat` a second time, after all the others, for the
-device's noise floor (`akd_mobile.latency_eval.noise_floor`).
+resumes). For the device's noise floor (`akd_mobile.latency_eval.noise_floor`) it measures
+the j-th architecture a second time right after the 2j-th, for j up to `repeat`: the repeats
+are spread over the sweep (so they see the host's drift), and an interrupted sweep has
+repeated half of what it measured, up to `repeat`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from akd_base.errors import error_line, stops_the_run
 from akd_mobile.latency import LatencyService
 from akd_mobile.space import ArchSpec, SearchSpace
 
-log = logging.getLogger(__name__)
 
 POOL_PER_PICK = 20  # random samples drawn per architecture picked
 
@@ -79,34 +79,40 @@ class SweepSummary:
 
 def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0,
               on_progress: Callable[[SweepProgress], None] = lambda progress: None) -> SweepSummary:
-    """Measure each of `archs` unless the database holds it, then the first `repeat` again
-    unless they already have a second measurement. An architecture's own failure (it does not
-    convert) is reported and skipped; the device's or the host's stops the sweep (raised).
+    """Measure each of `archs` unless the database holds it, and the j-th again after the
+    2j-th (j <= `repeat`) unless it has a second measurement already. An architecture's own
+    failure (it does not convert) is reported and skipped; the device's or the host's stops
+    the sweep (raised).
     """
-    from latency_db.predictors import ModelKey, measurement_counts
+    from latency_db.predictors import measurement_counts
 
     assert service.db is not None, "a sweep stores what it measures"
-    total = len(archs) + min(repeat, len(archs))
-    measured = cached = failed = 0
-    for index, arch in enumerate(archs, start=1):
+    repeats = min(repeat, len(archs) // 2)
+    total = len(archs) + repeats
+    measured = cached = failed = repeated = 0
+    done = 0
+    for position, arch in enumerate(archs, start=1):
+        done += 1
         try:
             out = service.latency(arch)
         except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the sweep goes on
             if stops_the_run(exc):
                 raise
             failed += 1
-            on_progress(SweepProgress(index, total, arch.key, None, False, error_line(exc)))
-            continue
-        measured += not out.cached
-        cached += out.cached
-        on_progress(SweepProgress(index, total, arch.key, out.result.median_ms, out.cached))
-    key = ModelKey(service.info.fingerprint, service.settings.fmt, service.settings.threads, service.runtime)
-    counts = measurement_counts(service.db, key)
-    repeated = 0
-    for index, arch in enumerate(archs[:repeat], start=len(archs) + 1):
-        if counts.get(arch.key, 0) != 1:  # repeated already, or failed
-            continue
-        out = service.store(service.measure(arch))
-        repeated += 1
-        on_progress(SweepProgress(index, total, arch.key, out.result.median_ms, False))
+            on_progress(SweepProgress(done, total, arch.key, None, False, error_line(exc)))
+        else:
+            measured += not out.cached
+            cached += out.cached
+            on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, out.cached))
+        if position % 2 == 0 and position // 2 <= repeats:
+            done += 1
+            first = archs[position // 2 - 1]
+            if measurement_counts(service.db, service.key).get(first.key, 0) == 1:  # not failed, not repeated yet
+                out = service.store(service.measure(first))
+                repeated += 1
+                on_progress(SweepProgress(done, total, first.key, out.result.median_ms, False))
+            else:
+                hit = service.lookup(first)
+                on_progress(SweepProgress(done, total, first.key, hit and hit.result.median_ms, True,
+                                          None if hit else "not repeated: its first measurement failed"))
     return SweepSummary(measured, cached, failed, repeated)

@@ -131,6 +131,9 @@ def format_summary(summary: Any) -> str:
         + (f", teacher {cfg['teacher']}" if cfg["reward"] == "kd" else ""),
         "time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in summary.time_split_s.items()),
     ]
+    if any(summary.latency_sources.values()):
+        lines.append(f"latency ({cfg.get('latency', 'measure')}): " + ", ".join(
+            f"{n} {source}" for source, n in summary.latency_sources.items() if n))
     for title, c in (("best reward", summary.best), ("best under target", summary.best_under_target)):
         if c is None:
             lines.append(f"{title}: none")

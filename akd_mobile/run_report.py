@@ -288,8 +288,12 @@ def _accuracy_latency(fig: Any, views: list[RunView]) -> None:
         rows = v.evaluated
         if not rows:
             continue
-        ax.scatter([c.latency_ms for c in rows], [c.accuracy for c in rows], s=26, color=v.colour, alpha=0.45,
+        known = [c for c in rows if c.latency_source != "predicted"]
+        guessed = [c for c in rows if c.latency_source == "predicted"]
+        ax.scatter([c.latency_ms for c in known], [c.accuracy for c in known], s=26, color=v.colour, alpha=0.45,
                    linewidths=0, zorder=2)
+        ax.scatter([c.latency_ms for c in guessed], [c.accuracy for c in guessed], s=26, facecolors="none",
+                   edgecolors=v.colour, alpha=0.6, linewidths=1.0, zorder=2)
         front = [rows[i] for i in pareto_front([(c.latency_ms, c.accuracy) for c in rows])]
         ax.plot([c.latency_ms for c in front], [c.accuracy for c in front], drawstyle="steps-post", color=v.colour,
                 lw=1.6, zorder=3)
@@ -321,7 +325,8 @@ def _accuracy_latency(fig: Any, views: list[RunView]) -> None:
         ax.axvspan(targets[0], right, color="0.5", alpha=0.07, lw=0, zorder=0)
     ax.set_xlim(left, right)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set_xlabel(f"measured latency, ms ({_measured_on(views)})")
+    predicted = any(c.latency_source == "predicted" for v in views for c in v.evaluated)
+    ax.set_xlabel(f"{'latency (hollow: predicted)' if predicted else 'measured latency'}, ms ({_measured_on(views)})")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.25)
     styles = [
@@ -329,6 +334,9 @@ def _accuracy_latency(fig: Any, views: list[RunView]) -> None:
         Line2D([], [], color="0.45", marker="o", markerfacecolor="white", lw=1.6, drawstyle="steps-post",
                label="Pareto front: nothing faster is as accurate"),
     ]
+    if predicted:
+        styles.append(Line2D([], [], color="0.45", marker="o", markerfacecolor="none", lw=0,
+                             label="candidate at its predicted latency (search --latency predict|hybrid)"))
     if any(v.finals for v in views):
         styles.append(Line2D([], [], color="0.45", marker="*", markersize=13, markeredgecolor="black", lw=0,
                              label="final F1, F2 ...: full training, test accuracy"))

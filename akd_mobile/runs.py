@@ -58,6 +58,9 @@ class CandidateRow:
     error: str | None
     created_at: float
     finished_at: float | None
+    latency_source: str | None
+    predicted_ms: float | None
+    latency_model_id: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,7 +122,9 @@ def lease_alive(owner: str | None, lease_until: float | None, now: float | None 
 
 @dataclass(frozen=True)
 class CandidateOutcome:
-    """What evaluating a candidate produced (status `done` or `failed`)."""
+    """What evaluating a candidate produced: status `done`, `failed`, or `skipped` (not trained:
+    its latency alone bounds its reward; `error` says why). `latency_source` is `database`,
+    `measured` or `predicted`; a prediction is kept in `predicted_ms` with its model's id."""
 
     status: str
     accuracy: float | None = None
@@ -133,6 +138,9 @@ class CandidateOutcome:
     export_s: float = 0.0
     measure_s: float = 0.0
     error: str | None = None
+    latency_source: str | None = None
+    predicted_ms: float | None = None
+    latency_model_id: int | None = None
 
 
 class RunStore:
@@ -249,8 +257,8 @@ class RunStore:
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE candidates SET status = ?, accuracy = ?, latency_ms = ?, reward = ?, params = ?, macs = ?, "
-                "latency_cached = ?, reused = ?, train_s = ?, export_s = ?, measure_s = ?, error = ?, finished_at = ? "
-                "WHERE id = ? AND status = 'pending'",
+                "latency_cached = ?, reused = ?, train_s = ?, export_s = ?, measure_s = ?, error = ?, finished_at = ?, "
+                "latency_source = ?, predicted_ms = ?, latency_model_id = ? WHERE id = ? AND status = 'pending'",
                 (
                     outcome.status,
                     outcome.accuracy,
@@ -265,6 +273,9 @@ class RunStore:
                     outcome.measure_s,
                     outcome.error,
                     time.time(),
+                    outcome.latency_source,
+                    outcome.predicted_ms,
+                    outcome.latency_model_id,
                     candidate_id,
                 ),
             )

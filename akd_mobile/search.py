@@ -34,6 +34,8 @@ from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
+from akd_mobile.latency_policy import (LATENCY_MODES, TOP_MEASURED, Standing, measure_after_training,
+                                       measure_before_training, skip_bound)
 from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, SearchError, SpaceError, error_line,
                              stops_the_run)
 from akd_base.measurement import MeasureSettings
@@ -44,6 +46,8 @@ from akd_mobile.space import ArchSpec, SearchSpace, get_space
 
 if TYPE_CHECKING:
     import torch
+
+    from akd_mobile.latency import LatencyOutcome
 
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,9 @@ class SearchConfig:
         threads, warmup, runs, min_time_s: how each latency is measured
             (`akd_base.measurement.MeasureSettings`); None takes the device profile's, else
             the defaults there. A run stores them resolved; see `measure`.
+        latency: `measure`, `predict` or `hybrid`: when a latency the database does not hold
+            is measured and when the device's latency model predicts it
+            (`akd_mobile.latency_policy`).
         proxy: the proxy training that scores each candidate (steps, batch, learning rate, KD
             settings); a batch larger than the data's training split takes the whole split.
         seed: seeds the strategy and every proxy training.
@@ -98,6 +105,7 @@ class SearchConfig:
     warmup: int | None = None
     runs: int | None = None
     min_time_s: float | None = None
+    latency: str = "measure"
     proxy: ProxyBudget = ProxyBudget()
     seed: int = 0
 
@@ -128,6 +136,7 @@ class SearchConfig:
         checks = [
             (self.constraint in CONSTRAINTS, f"--constraint must be one of {', '.join(CONSTRAINTS)}"),
             (self.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}"),
+            (self.latency in LATENCY_MODES, f"--latency must be one of {', '.join(LATENCY_MODES)}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.budget >= 1, f"--budget must be at least 1, got {self.budget}"),
             (self.batch >= 1, f"--batch must be at least 1, got {self.batch}"),
@@ -152,6 +161,7 @@ class SearchSummary:
     seconds: float
     time_split_s: dict[str, float] = field(default_factory=dict)
     skipped_images: int = 0
+    latency_sources: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,7 +244,8 @@ def with_absolute_paths(config: SearchConfig) -> SearchConfig:
 
 
 class Evaluator:
-    """Scores candidates: latency through the latency database, accuracy by proxy training."""
+    """Scores candidates: latency from the database, a measurement or the device's latency
+    model (`akd_mobile.latency_policy` says which), accuracy by proxy training."""
 
     def __init__(self, config: SearchConfig, inputs: SearchInputs, db: Any, device: Any) -> None:
         from akd_mobile.export_worker import ExportWorker
@@ -242,14 +253,21 @@ class Evaluator:
 
         self.config = config
         self.latency = LatencyService(device, db, config.measure)
+        self.predictor = None if config.latency == "measure" else self.latency.predictor
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
+        self.hard = config.constraint == "hard"
         self.inputs = inputs
         self.space = inputs.space
         self.exporter = ExportWorker(config.fmt)
 
     def prefetch(self, archs: list[ArchSpec]) -> None:
-        """Start exporting the candidates whose latency the database does not hold."""
+        """Start exporting the candidates that will be measured before training: those the
+        database does not hold (and, with a latency model, whose prediction will not stand)."""
         misses = [a for a in archs if self.latency.lookup(a) is None]
+        if self.predictor is not None:
+            predictions = {a.key: self.predictor.predict(a) for a in misses}
+            misses = [a for a in misses if skip_bound(predictions[a.key], self.reward_config, self.hard) is None
+                      and measure_before_training(self.config.latency, predictions[a.key], self.reward_config, self.hard)]
         if misses:
             self.exporter.submit(misses)
 
@@ -257,43 +275,71 @@ class Evaluator:
         """Stop the background exporter."""
         self.exporter.close()
 
-    def evaluate(self, arch: ArchSpec, on_phase: Callable[[str], None] = lambda phase: None) -> CandidateOutcome:
+    def evaluate(self, arch: ArchSpec, on_phase: Callable[[str], None] = lambda phase: None,
+                 standing: Standing = Standing()) -> CandidateOutcome:
         """Latency first (a database hit costs nothing, an export failure skips training),
-        then the proxy accuracy. The candidate's own failure is recorded, never raised; the
-        device's or the host's (`errors.stops_the_run`) is raised, to stop the run."""
+        then the proxy accuracy; `standing` is where the run stands so far. The candidate's
+        own failure is recorded, never raised; the device's or the host's
+        (`errors.stops_the_run`) is raised, to stop the run."""
         from akd_mobile.distill import proxy_score
 
         cost = self.space.cost(arch)
-        export_s = measure_s = train_s = 0.0
+        spent = {"export_s": 0.0, "measure_s": 0.0, "train_s": 0.0}
+        prediction = None
         try:
-            tick = time.perf_counter()
-            on_phase("exporting")
-            self.exporter.wait(arch)
-            waited_s = time.perf_counter() - tick
             cfg = self.config
-            on_phase("measuring")
-            lat = self.latency.latency(arch)
-            export_s, measure_s = waited_s + lat.export_s, lat.measure_s
+            lat = self.latency.lookup(arch)
+            if lat is None and self.predictor is not None:
+                on_phase("predicting")
+                prediction = self.predictor.predict(arch)
+                bound = skip_bound(prediction, self.reward_config, self.hard)
+                if bound is not None:
+                    return CandidateOutcome(
+                        "skipped", latency_ms=prediction.median_ms, reward=bound, params=cost.params, macs=cost.macs,
+                        latency_source="predicted", predicted_ms=prediction.median_ms,
+                        latency_model_id=prediction.model_id,
+                        error=f"not trained: predicted {prediction.median_ms:.3f} ms (+-{prediction.band:.0%}), so "
+                              f"its reward under the hard {cfg.target_ms:g} ms target is at most {bound:.3f}",
+                    )
+                if measure_before_training(cfg.latency, prediction, self.reward_config, self.hard):
+                    lat = self._measured(arch, on_phase, spent)
+            elif lat is None:
+                lat = self._measured(arch, on_phase, spent)
             on_phase("training")
             score = proxy_score(
                 arch, self.inputs.data, self.inputs.teacher_logits, cfg.proxy, mode=cfg.reward, seed=cfg.seed,
                 threads=TRAIN_THREADS,
             )
-            train_s = score.train_s + score.eval_s
-            latency_ms = lat.result.median_ms
+            spent["train_s"] = score.train_s + score.eval_s
+            if lat is None and measure_after_training(prediction, score.accuracy, self.reward_config, standing):  # type: ignore[arg-type]
+                lat = self._measured(arch, on_phase, spent)
+            latency_ms = prediction.median_ms if lat is None else lat.result.median_ms  # type: ignore[union-attr]
             reward = mnas_reward(score.accuracy, latency_ms, self.reward_config)
         except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded and the search goes on
             if stops_the_run(exc):
                 raise
             log.warning("candidate %s failed: %s", arch.key, exc)
-            return CandidateOutcome(
-                "failed", params=cost.params, macs=cost.macs, export_s=export_s, measure_s=measure_s,
-                train_s=train_s, error=error_line(exc),
-            )
+            return CandidateOutcome("failed", params=cost.params, macs=cost.macs, error=error_line(exc), **spent)
+        source = "predicted" if lat is None else "database" if lat.cached else "measured"
         return CandidateOutcome(
             "done", accuracy=score.accuracy, latency_ms=latency_ms, reward=reward, params=cost.params,
-            macs=cost.macs, latency_cached=lat.cached, train_s=train_s, export_s=export_s, measure_s=measure_s,
+            macs=cost.macs, latency_cached=lat is not None and lat.cached, latency_source=source,
+            predicted_ms=None if prediction is None else prediction.median_ms,
+            latency_model_id=None if prediction is None else prediction.model_id, **spent,
         )
+
+    def _measured(self, arch: ArchSpec, on_phase: Callable[[str], None], spent: dict[str, float]) -> LatencyOutcome:
+        """The candidate exported (its background export waited for) and measured, the time
+        added to `spent`."""
+        tick = time.perf_counter()
+        on_phase("exporting")
+        self.exporter.wait(arch)
+        waited_s = time.perf_counter() - tick
+        on_phase("measuring")
+        lat = self.latency.latency(arch)
+        spent["export_s"] += waited_s + lat.export_s
+        spent["measure_s"] += lat.measure_s
+        return lat
 
 
 def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
@@ -365,14 +411,14 @@ def run_search(
                     raise SearchError(f"run {resume} has finished; nothing to resume")
                 lease = held.enter_context(RunLease(store, resume))  # refuses while a live search holds it
                 config = SearchConfig.from_stored(run.config)
-                device, inputs = _open_checked(config)
+                device, inputs = _open_checked(config, db)
                 check_inputs_unchanged(resume, run.inputs, inputs.identity)
                 run_id = resume
             else:
                 config = with_absolute_paths(config or SearchConfig())
                 config.validate()
                 config = resolve_device_defaults(config)
-                device, inputs = _open_checked(config)
+                device, inputs = _open_checked(config, db)
                 run_id = store.create_run(dataclasses.asdict(config), versions(), inputs.identity)
                 lease = held.enter_context(RunLease(store, run_id))
             _run(config, inputs, db, device, store, run_id, on_progress, lease)
@@ -404,12 +450,16 @@ def run_search(
     return summarize(store, run_id, time.monotonic() - started)
 
 
-def _open_checked(config: SearchConfig) -> tuple[Any, SearchInputs]:
-    """The config's device (which must answer) and its checked inputs."""
+def _open_checked(config: SearchConfig, db: Any) -> tuple[Any, SearchInputs]:
+    """The config's device (which must answer, and have a latency model when the search
+    predicts) and its checked inputs."""
+    from akd_mobile.latency import LatencyService
     from devices.profiles import open_device
 
     device = open_device(config.device)
-    device.info()
+    service = LatencyService(device, db, config.measure)
+    if config.latency != "measure":
+        service.predictor  # noqa: B018 - PredictorError now, before a run exists, when the device has no model
     return device, load_inputs(config)
 
 
@@ -452,7 +502,7 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress, 
                 def on_phase(phase: str, key: str = arch.key) -> None:
                     report(dataclasses.replace(_progress(store, run_id, step, config.budget, None), phase=phase, current=key))
 
-                outcome = _reuse(earlier) if earlier else evaluator.evaluate(arch, on_phase)
+                outcome = _reuse(earlier) if earlier else evaluator.evaluate(arch, on_phase, _standing(store, run_id, config))
                 lease.check()
                 store.finish(row.id, outcome)
                 failures_in_a_row = failures_in_a_row + 1 if outcome.status == "failed" else 0
@@ -462,17 +512,41 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress, 
             report(_progress(store, run_id, step, config.budget, row.id))
         rows = store.candidates(run_id, step)
         tick = time.perf_counter()
-        strategy.update([space.decode(r.arch) for r in rows], [r.reward if r.status == "done" else None for r in rows])
+        strategy.update([space.decode(r.arch) for r in rows],
+                        [r.reward if r.status in ("done", "skipped") else None for r in rows])
         controller_s += time.perf_counter() - tick
         lease.check()
         store.checkpoint(run_id, step, strategy.state_dict(), controller_s)
+
+
+def _latency_sources(rows: list[CandidateRow]) -> dict[str, int]:
+    """How many finished candidates had their latency from the database, a measurement or a
+    prediction, and how many were skipped untrained (runs before sources were stored: none)."""
+    counts = {"database": 0, "measured": 0, "predicted": 0, "skipped": 0}
+    for r in rows:
+        if r.status == "skipped":
+            counts["skipped"] += 1
+        elif r.status == "done" and r.latency_source in counts:
+            counts[r.latency_source] += 1
+    return counts
 
 
 def _reuse(earlier: CandidateRow) -> CandidateOutcome:
     return CandidateOutcome(
         "done", accuracy=earlier.accuracy, latency_ms=earlier.latency_ms, reward=earlier.reward,
         params=earlier.params, macs=earlier.macs, latency_cached=True, reused=True,
+        latency_source=earlier.latency_source, predicted_ms=earlier.predicted_ms,
+        latency_model_id=earlier.latency_model_id,
     )
+
+
+def _standing(store: RunStore, run_id: int, config: SearchConfig) -> Standing:
+    """Where run `run_id` stands: its best rewards (each architecture once) and its best
+    accuracy under the target."""
+    done = [r for r in store.candidates(run_id) if r.status == "done" and not r.reused]
+    rewards = sorted((r.reward for r in done), reverse=True)[:TOP_MEASURED]
+    under = [r.accuracy for r in done if config.target_ms is not None and r.latency_ms <= config.target_ms]
+    return Standing(tuple(rewards), max(under, default=None))
 
 
 def _progress(store: RunStore, run_id: int, step: int, budget: int, last_id: int | None) -> Progress:
@@ -509,4 +583,5 @@ def summarize(store: RunStore, run_id: int, seconds: float | None = None) -> Sea
         seconds=seconds if seconds is not None else run.updated_at - run.created_at,
         time_split_s=split,
         skipped_images=run.inputs.get("data", {}).get("skipped_images", 0),
+        latency_sources=_latency_sources(rows),
     )

@@ -45,7 +45,7 @@ def main() -> None:
             rows.append((label, summary, wall, split))
             print(label, f"{wall:.1f} s", split)
     cpu = platform.processor() or platform.machine()
-    min_time = load_profile(config.device).settings.get("min_time_s", 0.0)
+    min_time = load_profile(config.device).measure.min_time_s
     lines = [
         "# Search throughput",
         "",

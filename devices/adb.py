@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from akd_base.errors import DeviceError, DeviceUnavailable, ParseError
-from akd_base.formats import RUNTIME_OF_FORMAT
+from akd_base.formats import FORMATS, RUNTIME_OF_FORMAT
 from akd_base.measurement import DeviceInfo, LatencyResult, Measured, MeasureSettings
 from devices.parsers import (
     TOOL_PARSERS,
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUILTIN_RUNNER = "builtin:loopback-runner"
-FORMATS = {".tflite": "tflite", ".pte": "pte"}
+FORMAT_OF_SUFFIX = {f".{fmt}": fmt for fmt in FORMATS}
 SHELL_TIMEOUT_S = 30.0
 _RC_MARK = "__akd_rc="
 _POLICIES = (
@@ -162,8 +162,8 @@ def _tool_specs(tools: Any, where: str) -> dict[str, ToolSpec]:
         raise DeviceError(f"{where}: [tools] must be a table of formats (tflite, pte)")
     specs = {}
     for fmt, spec in tools.items():
-        if fmt not in FORMATS.values() or not isinstance(spec, dict):
-            raise DeviceError(f"{where}: [tools.{fmt}]: formats are {', '.join(FORMATS.values())}, each a table")
+        if fmt not in FORMATS or not isinstance(spec, dict):
+            raise DeviceError(f"{where}: [tools.{fmt}]: formats are {', '.join(FORMATS)}, each a table")
         kind, path = spec.get("kind"), spec.get("path")
         if kind not in TOOL_PARSERS or not isinstance(path, str) or not path:
             raise DeviceError(f"{where}: [tools.{fmt}] needs path and kind = one of {', '.join(TOOL_PARSERS)}")
@@ -589,7 +589,7 @@ class AdbDevice:
 
         artifact = check_artifact(artifact)
         warmup, min_time_s = settings.warmup, settings.min_time_s
-        fmt = FORMATS[artifact.suffix]
+        fmt = FORMAT_OF_SUFFIX[artifact.suffix]
         tool = self._tool(fmt)
         sha = file_sha256(artifact)
         remote = f"{self.settings.remote_dir}/{sha[:16]}{artifact.suffix}"

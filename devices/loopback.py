@@ -109,8 +109,6 @@ def device_properties() -> dict[str, str]:
     """The Android properties the loopback device reports: this host's CPU as the SoC."""
     from importlib import metadata
 
-    from akd_mobile import __version__
-
     soc = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,7 +126,7 @@ def device_properties() -> dict[str, str]:
         "ro.product.name": "akd_loopback",
         "ro.product.cpu.abi": platform.machine(),
         "ro.soc.model": soc,
-        "ro.build.fingerprint": f"akd-mobile/loopback/{platform.system()}-{platform.release()}:{__version__}",
+        "ro.build.fingerprint": f"akd-mobile/loopback/{platform.system()}-{platform.release()}:{metadata.version('akd-mobile')}",
     }
 
 

@@ -4,12 +4,10 @@ exports a model, which no backend does)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from akd_base.errors import AkdError, DeviceError
 
-log = logging.getLogger(__name__)
 
 
 

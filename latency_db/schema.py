@@ -83,7 +83,7 @@ CREATE TABLE candidates (
     slot INTEGER NOT NULL,            -- position in its batch
     arch TEXT NOT NULL,
     arch_key TEXT NOT NULL,
-    status TEXT NOT NULL,             -- pending | done | failed
+    status TEXT NOT NULL,             -- pending | done | failed (| skipped, from version 9)
     accuracy REAL,
     latency_ms REAL,
     reward REAL,
@@ -207,6 +207,14 @@ CREATE TABLE latency_models (
 CREATE INDEX latency_models_key ON latency_models (device_fingerprint, format, threads, runtime_version);
 """
 
+V9_LATENCY_SOURCES = """
+-- where a candidate's latency came from (akd_mobile/latency_policy.py): 'database', 'measured'
+-- or 'predicted' (NULL in rows stored before), and the prediction with the model that made it
+ALTER TABLE candidates ADD COLUMN latency_source TEXT;
+ALTER TABLE candidates ADD COLUMN predicted_ms REAL;
+ALTER TABLE candidates ADD COLUMN latency_model_id INTEGER;
+"""
+
 MIGRATIONS: list[str] = [
     V1_LATENCY,
     V2_SEARCH_RUNS,
@@ -216,6 +224,7 @@ MIGRATIONS: list[str] = [
     V6_FINALS,
     V7_FINAL_FOLDERS,
     V8_LATENCY_MODELS,
+    V9_LATENCY_SOURCES,
 ]
 
 

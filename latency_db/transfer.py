@@ -187,10 +187,15 @@ class ImportResult:
     skipped: int
 
 
-def export_measurements(db: LatencyDB, path: Path, as_csv: bool) -> int:
-    """Write every measurement to `path` as CSV or JSON; returns the row count."""
+def export_measurements(db: LatencyDB, path: Path, as_csv: bool, samples: bool = True) -> int:
+    """Write every measurement to `path` as CSV or JSON; returns the row count. Without
+    `samples` each row's per-run latencies are left out (an empty list; the statistics stay):
+    a measurement with a minimum time holds thousands of them."""
     path = Path(path)
     rows = [dict(row) for row in db.read(_EXPORT_SQL)]
+    if not samples:
+        for row in rows:
+            row["samples_ms"] = "[]"
     try:
         if as_csv:
             with open(path, "w", newline="") as fh:

@@ -17,7 +17,7 @@ class ClosedFormEvaluator:
     def close(self):
         pass
 
-    def evaluate(self, arch, on_phase=lambda phase: None) -> CandidateOutcome:
+    def evaluate(self, arch, on_phase=lambda phase: None, standing=None) -> CandidateOutcome:
         return self.outcome(arch)
 
     def outcome(self, arch) -> CandidateOutcome:

@@ -63,14 +63,15 @@ def test_measurement_settings_resolve_from_profile_then_options(tmp_path):
 
     assert load_profile("local").measure == MeasureSettings("tflite", 1, 5, 30, 3.0)  # local.toml's values
     profile = tmp_path / "quick.toml"
-    profile.write_text('backend = "local"\nprocesses = 1\nruns = 4\nmin_time_s = 0\n')
-    assert load_profile(profile).measure == MeasureSettings(runs=4)
-    assert load_profile(profile).measure.with_options(fmt="pte", runs=None, warmup=0) == MeasureSettings("pte", 1, 0, 4, 0.0)
+    profile.write_text('backend = "local"\nprocesses = 1\nthreads = 2\nwarmup = 1\nruns = 4\nmin_time_s = 0\n')
+    assert load_profile(profile).measure == MeasureSettings(threads=2, warmup=1, runs=4)
+    assert load_profile(profile).measure.with_options(fmt="pte", runs=None, warmup=0) == MeasureSettings("pte", 2, 0, 4, 0.0)
     db = tmp_path / "s.sqlite"
     d = json.loads(run("bench", SMALL.canonical, "--device", profile, "--warmup", 0, "--db", db, "--json").stdout)
-    assert (d["threads"], d["warmup"], d["runs"], d["min_time_s"], d["count"]) == (1, 0, 4, 0.0, 4)
-    d = json.loads(run("bench", SMALL.canonical, "--device", profile, "--runs", 6, "--db", db, "--json").stdout)
-    assert (d["warmup"], d["runs"], d["count"]) == (5, 6, 6)
+    assert (d["threads"], d["warmup"], d["runs"], d["min_time_s"], d["count"]) == (2, 0, 4, 0.0, 4)
+    d = json.loads(run("bench", SMALL.canonical, "--device", profile, "--runs", 6, "--threads", 1, "--db", db,
+                       "--json").stdout)
+    assert (d["threads"], d["warmup"], d["runs"], d["count"]) == (1, 1, 6, 6)
 
 
 def test_runtime_version_names_the_runtime():

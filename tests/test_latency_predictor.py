@@ -45,9 +45,11 @@ def run(*args):
 
 
 def record(db, arch, ms: float, info: DeviceInfo = HOST, name: str = "local") -> None:
+    """Store a measurement of `arch` at `ms` on `info`'s LiteRT runtime, with its artifact's arch JSON."""
     artifact = Artifact(f"{arch.key}{ms}".encode().hex()[:64].ljust(64, "0"), "tflite", 1000, arch.to_json(), "x")
     db.record(info, LatencyResult.from_samples([ms]), fmt="tflite", threads=1, warmup=0, runs=1,
-              runtime_version="litert 2.3.0", arch_key=arch.key, artifact=artifact, device_name=name)
+              runtime_version=f"litert {info.runtimes['litert']}", arch_key=arch.key, artifact=artifact,
+              device_name=name)
 
 
 def law_database(path: Path, n: int, noise: float = 0.0, repeats: int = 0) -> Path:
@@ -201,16 +203,18 @@ class FakeService:
     def __init__(self, db, fail: set[str] = frozenset(), down_after: int | None = None) -> None:
         from akd_mobile.latency import LatencyOutcome, NewMeasurement
 
-        self.db, self.info, self.runtime = db, HOST, "litert 2.3.0"
+        self.db, self.info, self.runtime, self.key = db, HOST, "litert 2.3.0", KEY
         self.settings = MeasureSettings(threads=1)
         self.fail, self.down_after, self.measured = fail, down_after, []
         self._outcome, self._new = LatencyOutcome, NewMeasurement
 
-    def latency(self, arch):
+    def lookup(self, arch):
         hit = self.db.lookup(arch.key, "tflite", HOST.fingerprint, 1, self.runtime)
-        if hit is not None:
-            return self._outcome(hit, True, 0, 0, None, arch.key, "tflite", HOST.fingerprint, self.runtime)
-        return self.store(self.measure(arch))
+        return None if hit is None else self._outcome(hit, True, 0, 0, None, arch.key, "tflite", HOST.fingerprint,
+                                                      self.runtime)
+
+    def latency(self, arch):
+        return self.lookup(arch) or self.store(self.measure(arch))
 
     def measure(self, arch):
         if arch.key in self.fail:
@@ -233,21 +237,26 @@ class FakeService:
 
 def test_the_sweep_resumes_repeats_once_and_skips_a_failing_student(tmp_path):
     picked = sweep_archs(SPACE, 12, seed=1)
+    key = [a.key for a in picked]
     with open_db(tmp_path / "s.sqlite") as db:
         down = FakeService(db, down_after=5)
         with pytest.raises(DeviceUnavailable):
             run_sweep(down, picked, repeat=3)
-        assert len(down.measured) == 5 and db.stats().measurements == 5  # nothing lost, nothing half-stored
+        # the j-th is repeated right after the 2j-th: 0, 1, 0 again, 2, 3, then the device went away
+        assert down.measured == [key[0], key[1], key[0], key[2], key[3]] and db.stats().measurements == 5
         progress = []
-        again = FakeService(db, fail={picked[7].key})
+        again = FakeService(db, fail={key[7]})
         summary = run_sweep(again, picked, repeat=3, on_progress=progress.append)
-        assert (summary.measured, summary.cached, summary.failed, summary.repeated) == (6, 5, 1, 3)
-        assert again.measured == [a.key for a in picked[5:] if a.key != picked[7].key] + [a.key for a in picked[:3]]
-        assert [p.index for p in progress] == list(range(1, 16)) and progress[7].error.startswith("ExportError")
-        assert progress[-1].total == 15
+        assert (summary.measured, summary.cached, summary.failed, summary.repeated) == (7, 4, 1, 2)
+        assert again.measured == [key[1], key[4], key[5], key[2], key[6], key[8], key[9], key[10], key[11]]
+        assert [p.index for p in progress] == list(range(1, 16)) and progress[-1].total == 15
+        assert [p.arch_key for p in progress if p.error] == [key[7]] and progress[2].cached  # 0's repeat was stored
         third = FakeService(db)
         summary = run_sweep(third, picked, repeat=3)
-        assert (summary.measured, summary.cached, summary.repeated) == (1, 11, 0) and third.measured == [picked[7].key]
+        assert (summary.measured, summary.cached, summary.repeated) == (1, 11, 0) and third.measured == [key[7]]
+    with open_db(tmp_path / "s.sqlite") as db:
+        floor = noise_floor(keyed_measurements(db, KEY))
+    assert floor.trials == 3 and floor.within == 3  # the law gives the same latency twice
 
 
 # ---------------------------------------------------------------- the commands
@@ -269,6 +278,17 @@ def test_fit_predict_and_eval_commands(tmp_path):
     assert e.exit_code == 0, e.output
     assert "40 architectures, 10 held out" in e.stdout and len(e.stdout.splitlines()) == 5
     assert "noise floor: 4 of 4 repeated measurements within 10% of the first (100.0%" in e.stdout  # 2% noise
+
+
+def test_an_export_without_samples_reimports_and_evaluates_the_same(tmp_path):
+    db = law_database(tmp_path / "l.sqlite", 24, noise=0.02, repeats=3)
+    assert run("latency", "export", "--csv", tmp_path / "m.csv", "--without-samples", "--db", db).exit_code == 0
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(rows) == 28 and all(',"[]",' in row or ",[]," in row for row in rows[1:])
+    assert run("latency", "import", tmp_path / "m.csv", "--db", tmp_path / "copy.sqlite").exit_code == 0
+    evaluations = [json.loads(run("latency", "eval", "--device", "local", "--sizes", "10", "--held-out", 12, "--db",
+                                  path, "--json").stdout) for path in (db, tmp_path / "copy.sqlite")]
+    assert evaluations[0] == evaluations[1]
 
 
 @pytest.mark.parametrize(

@@ -258,7 +258,7 @@ def test_a_resume_holds_the_run_before_its_checks_and_a_lost_lease_stops_the_sea
                         lambda config: owners.append(RunStore(open_db(db)).get_run(1).owner) or real_inputs(config))
     monkeypatch.setattr(runs_module, "RENEW_EVERY_S", 0.05)
 
-    def hijack(self, arch, on_phase=lambda phase: None):  # another search takes the run over meanwhile
+    def hijack(self, arch, on_phase=lambda phase: None, standing=None):  # another search takes the run over meanwhile
         with open_db(db).transaction() as conn:
             conn.execute("UPDATE runs SET owner = 'farm-7:4242', lease_until = ? WHERE id = 1", (time.time() + 60,))
         time.sleep(0.5)

@@ -37,7 +37,7 @@ class FakeEvaluator:
     def close(self):
         pass
 
-    def evaluate(self, arch, on_phase=lambda phase: None):
+    def evaluate(self, arch, on_phase=lambda phase: None, standing=None):
         calls = type(self).calls
         if type(self).interrupt_at is not None and len(calls) == type(self).interrupt_at:
             type(self).interrupt_at = None
@@ -100,7 +100,7 @@ def test_failed_candidates_are_recorded_and_the_search_goes_on(fake, tmp_path):
 
 def test_many_failures_in_a_row_stop_the_search_resumably(fake, tmp_path, monkeypatch):
     db = tmp_path / "db.sqlite"
-    monkeypatch.setattr(FakeEvaluator, "evaluate", lambda self, arch, on_phase: CandidateOutcome("failed", error="DeviceError: phone gone"))
+    monkeypatch.setattr(FakeEvaluator, "evaluate", lambda self, arch, on_phase, standing: CandidateOutcome("failed", error="DeviceError: phone gone"))
     with pytest.raises(SearchError, match=r"run 1 stopped: 5 candidates in a row failed.*phone gone.*--resume 1"):
         run_search(CONFIG, db)
     run = RunStore(open_db(db)).get_run(1)

@@ -1,0 +1,110 @@
+"""How well the latency predictor does on students it never saw, beside the device's noise floor.
+
+    .venv/bin/python benchmarks/bench_latency_predictor.py [--n 300] [--repeat 40] [--format tflite]
+        [--held-out 150] [--sizes 10,30,100,300] [--db benchmarks/results/latency-sweep-FORMAT.sqlite] [--skip-sweep]
+
+1. `akd-mobile latency sweep --n N --repeat R` on the local profile (resumable: run the same
+   command again after an interruption; what the database holds costs nothing; a missing
+   database is first rebuilt from the CSV of step 3, so a sweep goes on across machines of the
+   same device fingerprint);
+2. `akd-mobile latency eval` on what the database holds (held out by architecture, seeded);
+3. `akd-mobile latency export --csv --without-samples` of the measurements beside the doc (the
+   statistics without the thousands of per-run latencies a 3 s minimum time gives each), so
+   the evaluation can be rerun elsewhere (`latency import`, then `latency eval`).
+
+The figures replace the block of this format between the markers in docs/latency-predictor.md.
+Measure on a quiet host: a second process on the cores moves latencies by more than 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "latency-predictor.md"
+
+
+def _akd(*args: str) -> str:
+    exe = Path(sys.executable).with_name("akd-mobile")
+    done = subprocess.run([str(exe), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"akd-mobile {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--format", dest="fmt", choices=("tflite", "pte"), default="tflite")
+    parser.add_argument("--held-out", type=int, default=None, help="default: 150 when there are 250 or more, else half")
+    parser.add_argument("--sizes", default="10,30,100,300")
+    parser.add_argument("--db", type=Path, default=None, help="default: benchmarks/results/latency-sweep-FORMAT.sqlite")
+    parser.add_argument("--skip-sweep", action="store_true", help="evaluate what the database holds")
+    args = parser.parse_args(argv)
+    args.db = args.db or ROOT / "benchmarks" / "results" / f"latency-sweep-{args.fmt}.sqlite"  # one format per file
+    csv = ROOT / "docs" / f"latency-sweep-{args.fmt}.csv"
+    if not args.db.exists() and csv.exists():
+        print(_akd("latency", "import", str(csv), "--db", str(args.db)).strip())
+    load_before = os.getloadavg()
+    start = time.time()
+    if not args.skip_sweep:
+        sweep = subprocess.run([str(Path(sys.executable).with_name("akd-mobile")), "latency", "sweep", "--n",
+                                str(args.n), "--repeat", str(args.repeat), "--format", args.fmt, "--db", str(args.db)])
+        if sweep.returncode != 0:
+            raise SystemExit(f"the sweep stopped (exit {sweep.returncode}); run the same command again to resume")
+    sweep_s = time.time() - start
+    load_after = os.getloadavg()
+    common = ["--device", "local", "--format", args.fmt, "--db", str(args.db)]
+    stats = json.loads(_akd("latency", "stats", "--db", str(args.db), "--json"))
+    archs = stats["archs"]
+    held_out = args.held_out or (150 if archs >= 250 else archs // 2)
+    evaluation = json.loads(_akd("latency", "eval", *common, "--sizes", args.sizes, "--held-out", str(held_out),
+                                 "--json"))
+    _akd("latency", "export", "--csv", str(csv), "--without-samples", "--db", str(args.db))
+    command = (f".venv/bin/python benchmarks/bench_latency_predictor.py --n {args.n} --repeat {args.repeat} "
+               f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else ""))
+    _write_doc(args.fmt, _block(evaluation, command, load_before, load_after, sweep_s, csv))
+
+
+def _block(e: dict, command: str, load_before, load_after, sweep_s: float, csv: Path) -> str:
+    key = e["key"]
+    lines = [
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {key['runtime_version']}, "
+        f"{key['threads']} thread(s), device {key['device_fingerprint']}. Load average {load_before[0]:.2f} before "
+        f"and {load_after[0]:.2f} after the sweep ({sweep_s / 60:.0f} min). Measurements: `{csv.relative_to(ROOT)}`.",
+        "",
+        f"{e['archs']} measured students, {e['held_out']} held out (seed {e['seed']}); each row a model fitted on the "
+        "first n of the rest.",
+        "",
+        "| training students | within +-10% | 95% lower bound | RMSPE | Kendall tau | model's own band |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in e["results"]:
+        a = r["agreement"]
+        lines.append(f"| {r['train_archs']} | {a['within']}/{a['trials']} = {a['share']:.1%} | {a['lower']:.1%} | "
+                     f"{r['rmspe']:.1%} | {r['kendall_tau']:.3f} | +-{r['band']:.1%} |")
+    noise = e["noise"]
+    lines += ["", "Noise floor (every repeated measurement against the first of its student): " + (
+        "no student was measured twice." if noise is None else
+        f"{noise['within']}/{noise['trials']} = {noise['share']:.1%} within +-10% "
+        f"(95% lower bound {noise['lower']:.1%}).")]
+    return "\n".join(lines)
+
+
+def _write_doc(fmt: str, block: str) -> None:
+    start, end = f"<!-- bench_latency_predictor:{fmt}:start -->", f"<!-- bench_latency_predictor:{fmt}:end -->"
+    text = DOC.read_text()
+    DOC.write_text(text[: text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):])
+
+
+if __name__ == "__main__":
+    main()

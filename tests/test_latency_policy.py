@@ -1,0 +1,206 @@
+"""`search --latency measure|predict|hybrid`: the rule of when a candidate is measured, the
+evaluator following it exactly, and the rows saying where each latency came from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import akd_mobile.distill as distill_module
+import akd_mobile.search as search_module
+from akd_base.errors import PredictorError
+from akd_base.measurement import LatencyResult
+from akd_mobile.distill import ProxyResult
+from akd_mobile.latency import LatencyOutcome, LatencyService
+from akd_mobile.latency_policy import (SKIP_REWARD, TOP_MEASURED, Standing, measure_after_training,
+                                       measure_before_training, skip_bound)
+from akd_mobile.latency_predictor import Prediction, fit_stored
+from akd_mobile.reward import RewardConfig
+from akd_mobile.space import get_space
+from devices.local import LocalDevice
+from latency_db import open_db
+from test_latency_predictor import archs, law_ms, record
+
+SPACE = get_space("mnasnet-small")
+HARD, SOFT = RewardConfig.constraint("hard", 1.0), RewardConfig.constraint("soft", 1.0)
+
+
+def prediction(ms: float, band: float = 0.1, extrapolated: bool = False) -> Prediction:
+    return Prediction(ms, band, 7, extrapolated)
+
+
+def test_the_hard_constraint_skips_only_what_cannot_score():
+    assert skip_bound(prediction(5.0), HARD, hard=True) == pytest.approx(1 / 4.5)  # 4.5 ms at the fast end
+    assert skip_bound(prediction(4.0), HARD, hard=True) is None  # 3.6 ms: up to 0.28 > SKIP_REWARD
+    assert skip_bound(prediction(50.0), SOFT, hard=False) is None  # the soft reward is never near zero
+    assert SKIP_REWARD == 0.25
+
+
+def test_hybrid_measures_before_training_where_the_decision_depends_on_it():
+    assert measure_before_training("hybrid", prediction(1.05), HARD, hard=True)  # 0.945 .. 1.155 holds the target
+    assert not measure_before_training("hybrid", prediction(1.2), HARD, hard=True)  # 1.08 .. 1.32: surely over
+    assert not measure_before_training("hybrid", prediction(0.8), HARD, hard=True)  # surely under
+    assert not measure_before_training("hybrid", prediction(1.0), SOFT, hard=False)  # smooth reward
+    assert measure_before_training("hybrid", prediction(0.3, extrapolated=True), SOFT, hard=False)
+    assert not measure_before_training("predict", prediction(1.0, extrapolated=True), HARD, hard=True)
+
+
+def test_a_candidate_that_may_enter_the_top_or_lead_under_the_target_is_measured():
+    top = (0.9, 0.8, 0.7, 0.6, 0.5)
+    assert measure_after_training(prediction(1.0), 0.3, SOFT, Standing(top[: TOP_MEASURED - 1]))  # top not full
+    assert measure_after_training(prediction(1.2), 0.52, SOFT, Standing(top))  # 0.52 * 1.08^-0.07 = 0.517 >= 0.5
+    assert not measure_after_training(prediction(1.2), 0.45, SOFT, Standing(top))
+    # under the target at the fast end, and as accurate as the best there so far: it may lead there
+    assert measure_after_training(prediction(1.05), 0.45, SOFT, Standing(top, best_under_accuracy=0.44))
+    assert not measure_after_training(prediction(1.05), 0.45, SOFT, Standing(top, best_under_accuracy=0.46))
+    assert not measure_after_training(prediction(1.2), 0.45, SOFT, Standing(top, best_under_accuracy=0.1))
+
+
+MEASURE = search_module.SearchConfig(threads=1, warmup=0, runs=1, min_time_s=0.0).measure
+
+
+@pytest.fixture()
+def modelled_db(tmp_path):
+    """A database holding 30 students at the cost law on this host's device."""
+    device = LocalDevice()
+    with open_db(tmp_path / "l.sqlite") as db:
+        for arch in archs(30):
+            record(db, arch, law_ms(arch), info=device.info())
+    return tmp_path / "l.sqlite", device
+
+
+def test_the_service_predicts_with_its_devices_newest_model(modelled_db):
+    db_path, device = modelled_db
+    with open_db(db_path) as db:
+        with pytest.raises(PredictorError, match="no latency model for device"):
+            LatencyService(device, db, MEASURE).predictor  # noqa: B018
+        model = fit_stored(db, LatencyService(device, db, MEASURE).key)
+        service = LatencyService(device, db, MEASURE)
+        for arch in archs(5, seed=21):
+            p = service.predictor.predict(arch)
+            assert p.model_id == model.id and p.median_ms == pytest.approx(law_ms(arch), rel=0.03)
+            assert service.lookup(arch) is None  # a prediction is never stored as a measurement
+        with pytest.raises(PredictorError, match="no latency model for device .*.pte"):
+            LatencyService(device, db, dataclasses.replace(MEASURE, fmt="pte")).predictor  # noqa: B018
+
+
+def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeypatch):
+    db_path, device = modelled_db
+    measured, trained = [], []
+
+    def fake_latency(self, arch, weights=None):
+        measured.append(arch.key)
+        return LatencyOutcome(LatencyResult.from_samples([law_ms(arch) * 1.02]), False, 0.0, 0.0, None, arch.key,
+                              "tflite", self.info.fingerprint, self.runtime)
+
+    def fake_proxy(arch, *args, **kwargs):
+        trained.append(arch.key)
+        return ProxyResult(0.5 + (int(arch.key[:2], 16) % 40) / 100, 0.1, 0.0, 1, 1.0, 1, 1, 0.0)
+
+    monkeypatch.setattr(LatencyService, "latency", fake_latency)
+    monkeypatch.setattr(distill_module, "proxy_score", fake_proxy)
+    students = archs(40, seed=5)
+    laws = sorted(law_ms(a) for a in students)
+    target = laws[len(laws) // 2]
+    with open_db(db_path) as db:
+        model = fit_stored(db, LatencyService(device, db, MEASURE).key)
+        for mode in ("hybrid", "predict"):
+            config = search_module.SearchConfig(constraint="hard", target_ms=target / 3, latency=mode, threads=1,
+                                                warmup=0, runs=1, min_time_s=0.0, reward="ce")
+            evaluator = search_module.Evaluator(config, search_module.SearchInputs(None, SPACE, None, {}), db, device)
+            reward = evaluator.reward_config
+            exported: list[str] = []
+            monkeypatch.setattr(evaluator.exporter, "submit", lambda batch: exported.extend(a.key for a in batch))
+            evaluator.prefetch(students)  # only what will be measured before training is exported ahead
+            assert exported == [a.key for a in students if skip_bound(p := evaluator.predictor.predict(a), reward, True)
+                                is None and measure_before_training(mode, p, reward, True)]
+            assert bool(exported) == (mode == "hybrid")
+            done: list[tuple[float, float, float]] = []  # (reward, accuracy, latency)
+            seen = {"skipped": 0, "before": 0, "after": 0, "predicted": 0}
+            for arch in students:
+                measured.clear(), trained.clear()
+                p = evaluator.predictor.predict(arch)
+                under = [acc for _, acc, ms in done if ms <= config.target_ms]
+                standing = Standing(tuple(sorted((r for r, _, _ in done), reverse=True)[:TOP_MEASURED]),
+                                    max(under, default=None))
+                outcome = evaluator.evaluate(arch, standing=standing)
+                assert p.model_id == model.id and outcome.predicted_ms == pytest.approx(p.median_ms)
+                if skip_bound(p, reward, hard=True) is not None:
+                    assert outcome.status == "skipped" and not trained and not measured
+                    assert outcome.reward <= SKIP_REWARD and "not trained" in outcome.error
+                    seen["skipped"] += 1
+                    continue
+                before = measure_before_training(mode, p, reward, hard=True)
+                after = not before and measure_after_training(p, fake_proxy(arch).accuracy, reward, standing)
+                assert measured == ([arch.key] if before or after else []), (mode, arch.key)
+                assert outcome.status == "done" and outcome.latency_model_id == model.id
+                assert outcome.latency_source == ("measured" if measured else "predicted")
+                assert outcome.latency_ms == pytest.approx(law_ms(arch) * 1.02 if measured else p.median_ms)
+                done.append((outcome.reward, outcome.accuracy, outcome.latency_ms))
+                seen["before" if before else "after" if after else "predicted"] += 1
+            evaluator.close()
+            assert all(seen.values()) if mode == "hybrid" else seen["before"] == 0, (mode, seen)
+
+
+def test_a_predicting_search_without_a_model_stops_before_a_run_exists(tmp_path):
+    from akd_mobile.runs import RunStore
+
+    with pytest.raises(PredictorError, match="no latency model for device .*latency fit"):
+        search_module.run_search(search_module.SearchConfig(latency="hybrid", target_ms=1.0, data="digits",
+                                                            reward="ce", budget=1), tmp_path / "db.sqlite")
+    with open_db(tmp_path / "db.sqlite") as db:
+        assert RunStore(db).list_runs() == []
+    with pytest.raises(Exception, match="--latency must be one of measure, predict, hybrid"):
+        search_module.SearchConfig(latency="guess").validate()
+
+
+def test_rows_say_where_each_latency_came_from(tmp_path, monkeypatch):
+    """A closed-form search stores each candidate's source, and the summary counts them."""
+    from akd_mobile.runs import CandidateOutcome
+    from search_support import ClosedFormEvaluator
+
+    sources = iter(["measured", "predicted", "database", "skipped"] * 4)
+
+    class Sourced(ClosedFormEvaluator):
+        def outcome(self, arch):
+            source = next(sources)
+            if source == "skipped":
+                return CandidateOutcome("skipped", latency_ms=9.0, reward=0.11, params=1, macs=1,
+                                        latency_source="predicted", predicted_ms=9.0, latency_model_id=3,
+                                        error="not trained: predicted 9.000 ms")
+            return CandidateOutcome("done", accuracy=0.5, latency_ms=1.0, reward=0.5, params=1, macs=1,
+                                    latency_cached=source == "database", latency_source=source,
+                                    predicted_ms=1.1 if source == "predicted" else None,
+                                    latency_model_id=3 if source == "predicted" else None)
+
+    updates = []
+    real_strategy = search_module.make_strategy
+
+    def spied(*args, **kwargs):
+        strategy = real_strategy(*args, **kwargs)
+        real_update = strategy.update
+        strategy.update = lambda archs, rewards: (updates.append(rewards), real_update(archs, rewards))[1]
+        return strategy
+
+    monkeypatch.setattr(search_module, "Evaluator", Sourced)
+    monkeypatch.setattr(search_module, "make_strategy", spied)
+    summary = search_module.run_search(search_module.SearchConfig(target_ms=1.0, data="digits", reward="ce",
+                                                                  budget=4, strategy="random"), tmp_path / "db.sqlite")
+    assert summary.latency_sources == {"database": 1, "measured": 1, "predicted": 1, "skipped": 1}
+    assert summary.evaluated == 3 and summary.failed == 0
+    assert updates == [[0.5, 0.5, 0.5, 0.11]]  # a skipped candidate's bound is its reward for the controller
+    with open_db(tmp_path / "db.sqlite") as db:
+        from akd_mobile.runs import RunStore
+
+        rows = RunStore(db).candidates(summary.run_id)
+    assert [(r.status, r.latency_source, r.predicted_ms, r.latency_model_id) for r in rows] == [
+        ("done", "measured", None, None), ("done", "predicted", 1.1, 3), ("done", "database", None, None),
+        ("skipped", "predicted", 9.0, 3)]
+    assert rows[-1].error == "not trained: predicted 9.000 ms" and rows[-1].accuracy is None
+    from akd_mobile.run_report import write_report
+
+    with open_db(tmp_path / "db.sqlite") as db:
+        write_report(db, [summary.run_id], tmp_path / "report")
+    svg = next((tmp_path / "report").rglob("accuracy_latency*.svg")).read_text()
+    assert "candidate at its predicted latency" in svg and "hollow: predicted" in svg
