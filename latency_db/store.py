@@ -160,12 +160,16 @@ def open_db(path: Path | None = None, read_only: bool = False) -> LatencyDB:
     Args:
         path: the file (default `default_db_path()`).
         read_only: the caller only reads: a database that cannot be written is then opened
-            read-only (it must be at this code's schema version) instead of failing.
+            read-only (it must be at this code's schema version) instead of failing, and a
+            `path` that does not exist is an error rather than a new, empty database.
 
     Raises:
         DatabaseError: a file that is not an SQLite database, a database or folder that
-            cannot be written (unless `read_only`), or a schema newer than this code.
+            cannot be written (unless `read_only`), a missing `path` to read, or a schema
+            newer than this code.
     """
+    if read_only and path is not None and not Path(path).exists():
+        raise DatabaseError(f"latency database {path} does not exist; check --db")
     return LatencyDB(Path(path) if path is not None else default_db_path(), read_only)
 
 

@@ -279,3 +279,15 @@ def test_query_without_noisy_rows_has_no_legend(tmp_path):
         _record(db, "quiet", [1.0, 1.1, 1.2])
     lines = run("latency", "query", "--db", db_path).stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("    id  device") and "noisy" not in lines[1]
+
+
+@pytest.mark.parametrize("args", [["runs", "list"], ["runs", "show", "1"], ["report", "1", "--out", "r"],
+                                  ["latency", "query"], ["latency", "stats"], ["latency", "export", "--csv", "x.csv"],
+                                  ["latency", "eval", "--device", "local"]])
+def test_reading_a_database_that_does_not_exist_is_an_error_and_creates_nothing(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "typo.sqlite"
+    r = CliRunner().invoke(cli, [*args, "--db", str(missing)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == f"error: latency database {missing} does not exist; check --db"
+    assert list(tmp_path.iterdir()) == []

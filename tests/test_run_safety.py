@@ -68,6 +68,9 @@ def _last_line(result) -> str:
 
 
 def _runs(db):
+    """The stored runs ([] when the search stopped before creating the database)."""
+    if not db.exists():
+        return []
     return json.loads(CliRunner().invoke(cli, ["runs", "list", "--db", str(db), "--json"]).stdout)
 
 
