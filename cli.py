@@ -226,15 +226,21 @@ def augment_option(f):
 @click.option("--proxy-lr", type=float, default=None, help="Proxy peak learning rate (default 0.2).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", type=int, default=None, help="Continue run RUN_ID from its last checkpoint.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT",
+              help="Evaluate on Ray: auto (the cluster `ray start` began here, else a new local one) or a head's address.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="Candidates evaluated at once on Ray (default: two per training slot).")
+@click.option("--torch-device", default="cpu", show_default=True, help="Where proxy training runs: cpu or cuda.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep an HTML report of the run in this folder, rewritten as the search goes (open its index.html).")
 @db_option
 @json_option
 def search(device, teacher, data, data_options, space_name, target_ms, constraint, reward, strategy, budget, batch, fmt,
-           threads, min_time_s, latency_mode, proxy_steps, proxy_batch_size, proxy_lr, seed, resume, report_dir, db_path,
-           as_json):
+           threads, min_time_s, latency_mode, proxy_steps, proxy_batch_size, proxy_lr, seed, resume, ray_address,
+           max_in_flight, torch_device, report_dir, db_path, as_json):
     """Search for the student the teacher distils best into, under the latency target."""
     from akd_mobile.distill import ProxyBudget
+    from akd_mobile.engines import Execution
     from akd_mobile.report import format_summary, search_progress
     from akd_mobile.search import SearchConfig, run_search
 
@@ -248,7 +254,8 @@ def search(device, teacher, data, data_options, space_name, target_ms, constrain
     from akd_mobile.run_report import chained, live_report
 
     with search_progress(budget, quiet=as_json) as show, live_report(report_dir, db_path) as write:
-        summary = run_search(config, db_path, resume, chained(show, write))
+        summary = run_search(config, db_path, resume, chained(show, write),
+                             Execution(ray_address, max_in_flight, torch_device))
     text = format_summary(summary) + (f"\nreport: {(report_dir / 'index.html').resolve()}" if report_dir else "")
     emit(summary.to_dict(), as_json, text)
 

@@ -71,6 +71,10 @@ class ReportError(AkdError):
     """A report asked of no runs or of runs the database does not hold, or an output folder that cannot be written."""
 
 
+class ClusterError(AkdError):
+    """No Ray cluster answers at the address given, or none of its nodes has a phone the search needs."""
+
+
 class HostError(AkdError):
     """This machine failed the work, not the input: disk full, out of memory, a helper process gone."""
 

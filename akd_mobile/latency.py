@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from akd_base.errors import DatabaseError, DeviceError, PredictorError
 from akd_base.formats import RUNTIME_OF_FORMAT
-from akd_base.measurement import DeviceInfo, LatencyResult, MeasureSettings, conditions_json
+from akd_base.measurement import DeviceInfo, LatencyResult, Measured, MeasureSettings, conditions_json
 from akd_mobile.space import ArchSpec
 from devices.base import Device
 from latency_db.predictors import ModelKey
@@ -213,7 +213,12 @@ class LatencyService:
     def _measure(self, path: Path, artifact: Artifact, arch_key: str | None, export_s: float) -> NewMeasurement:
         start = time.perf_counter()
         measured = self.device.measure(path, self.settings)
-        measure_s = time.perf_counter() - start
+        return self.new_measurement(measured, path, artifact, arch_key, export_s, time.perf_counter() - start)
+
+    def new_measurement(self, measured: Measured, path: Path, artifact: Artifact, arch_key: str | None,
+                        export_s: float, measure_s: float) -> NewMeasurement:
+        """A measurement of `artifact` (its file at `path`, on whichever host measured it) made
+        with this service's settings on a device of this service's fingerprint, ready to `store`."""
         result = measured.result
         log.info("%s %s on %s: median %.3f ms", arch_key or path.name, artifact.fmt, self.device.name,
                  result.median_ms)

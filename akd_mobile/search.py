@@ -28,14 +28,13 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
-from akd_mobile.latency_policy import (LATENCY_MODES, TOP_MEASURED, Standing, measure_after_training,
-                                       measure_before_training, skip_bound)
+from akd_mobile.latency_policy import LATENCY_MODES, TOP_MEASURED, Standing
 from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, SearchError, SpaceError, error_line,
                              stops_the_run)
 from akd_base.measurement import MeasureSettings
@@ -47,18 +46,13 @@ from akd_mobile.space import ArchSpec, SearchSpace, get_space
 if TYPE_CHECKING:
     import torch
 
-    from akd_mobile.latency import LatencyOutcome
+    from akd_mobile.engines import Engine, Execution
 
 
 log = logging.getLogger(__name__)
 
 REWARDS = ("kd", "ce")
 MAX_FAILURES_IN_A_ROW = 5
-# Two torch threads for the proxy, which trains each batch as two shards on threads of
-# their own (akd_mobile.shards): 1.8x one thread on 2 cores (docs/distill.md). A thread
-# that the export worker's process delays holds up its step only once, at the join. Fixed
-# rather than one per core, so that a score does not depend on the host's core count.
-TRAIN_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -243,105 +237,6 @@ def with_absolute_paths(config: SearchConfig) -> SearchConfig:
                                data=absolute_data_spec(config.data), device=absolute_profile_spec(config.device))
 
 
-class Evaluator:
-    """Scores candidates: latency from the database, a measurement or the device's latency
-    model (`akd_mobile.latency_policy` says which), accuracy by proxy training."""
-
-    def __init__(self, config: SearchConfig, inputs: SearchInputs, db: Any, device: Any) -> None:
-        from akd_mobile.export_worker import ExportWorker
-        from akd_mobile.latency import LatencyService
-
-        self.config = config
-        self.latency = LatencyService(device, db, config.measure)
-        self.predictor = None if config.latency == "measure" else self.latency.predictor
-        self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
-        self.hard = config.constraint == "hard"
-        self.inputs = inputs
-        self.space = inputs.space
-        self.exporter = ExportWorker(config.fmt)
-
-    def prefetch(self, archs: list[ArchSpec]) -> None:
-        """Start exporting the candidates that will be measured before training: those the
-        database does not hold (and, with a latency model, whose prediction will not stand)."""
-        misses = [a for a in archs if self.latency.lookup(a) is None]
-        if self.predictor is not None:
-            predictions = {a.key: self.predictor.predict(a) for a in misses}
-            misses = [a for a in misses if skip_bound(predictions[a.key], self.reward_config, self.hard) is None
-                      and measure_before_training(self.config.latency, predictions[a.key], self.reward_config, self.hard)]
-        if misses:
-            self.exporter.submit(misses)
-
-    def close(self) -> None:
-        """Stop the background exporter."""
-        self.exporter.close()
-
-    def evaluate(self, arch: ArchSpec, on_phase: Callable[[str], None] = lambda phase: None,
-                 standing: Standing = Standing()) -> CandidateOutcome:
-        """Latency first (a database hit costs nothing, an export failure skips training),
-        then the proxy accuracy; `standing` is where the run stands so far. The candidate's
-        own failure is recorded, never raised; the device's or the host's
-        (`errors.stops_the_run`) is raised, to stop the run."""
-        from akd_mobile.distill import proxy_score
-
-        cost = self.space.cost(arch)
-        spent = {"export_s": 0.0, "measure_s": 0.0, "train_s": 0.0}
-        prediction = None
-        try:
-            cfg = self.config
-            lat = self.latency.lookup(arch)
-            if lat is None and self.predictor is not None:
-                on_phase("predicting")
-                prediction = self.predictor.predict(arch)
-                bound = skip_bound(prediction, self.reward_config, self.hard)
-                if bound is not None:
-                    return CandidateOutcome(
-                        "skipped", latency_ms=prediction.median_ms, reward=bound, params=cost.params, macs=cost.macs,
-                        latency_source="predicted", predicted_ms=prediction.median_ms,
-                        latency_model_id=prediction.model_id,
-                        error=f"not trained: predicted {prediction.median_ms:.3f} ms (+-{prediction.band:.0%}), so "
-                              f"its reward under the hard {cfg.target_ms:g} ms target is at most {bound:.3f}",
-                    )
-                if measure_before_training(cfg.latency, prediction, self.reward_config, self.hard):
-                    lat = self._measured(arch, on_phase, spent)
-            elif lat is None:
-                lat = self._measured(arch, on_phase, spent)
-            on_phase("training")
-            score = proxy_score(
-                arch, self.inputs.data, self.inputs.teacher_logits, cfg.proxy, mode=cfg.reward, seed=cfg.seed,
-                threads=TRAIN_THREADS,
-            )
-            spent["train_s"] = score.train_s + score.eval_s
-            if lat is None and measure_after_training(prediction, score.accuracy, self.reward_config, standing):  # type: ignore[arg-type]
-                lat = self._measured(arch, on_phase, spent)
-            latency_ms = prediction.median_ms if lat is None else lat.result.median_ms  # type: ignore[union-attr]
-            reward = mnas_reward(score.accuracy, latency_ms, self.reward_config)
-        except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded and the search goes on
-            if stops_the_run(exc):
-                raise
-            log.warning("candidate %s failed: %s", arch.key, exc)
-            return CandidateOutcome("failed", params=cost.params, macs=cost.macs, error=error_line(exc), **spent)
-        source = "predicted" if lat is None else "database" if lat.cached else "measured"
-        return CandidateOutcome(
-            "done", accuracy=score.accuracy, latency_ms=latency_ms, reward=reward, params=cost.params,
-            macs=cost.macs, latency_cached=lat is not None and lat.cached, latency_source=source,
-            predicted_ms=None if prediction is None else prediction.median_ms,
-            latency_model_id=None if prediction is None else prediction.model_id, **spent,
-        )
-
-    def _measured(self, arch: ArchSpec, on_phase: Callable[[str], None], spent: dict[str, float]) -> LatencyOutcome:
-        """The candidate exported (its background export waited for) and measured, the time
-        added to `spent`."""
-        tick = time.perf_counter()
-        on_phase("exporting")
-        self.exporter.wait(arch)
-        waited_s = time.perf_counter() - tick
-        on_phase("measuring")
-        lat = self.latency.latency(arch)
-        spent["export_s"] += waited_s + lat.export_s
-        spent["measure_s"] += lat.measure_s
-        return lat
-
-
 def resolve_device_defaults(config: SearchConfig) -> SearchConfig:
     """The config with its measurement settings (the config's own values over the device
     profile's over `MeasureSettings`' defaults) and its latency target (the config's, else
@@ -382,6 +277,7 @@ def run_search(
     db_path: Path | None = None,
     resume: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    execution: Execution | None = None,
 ) -> SearchSummary:
     """Run (or resume) a search and return its summary.
 
@@ -390,6 +286,8 @@ def run_search(
         db_path: the SQLite file holding latency measurements and runs.
         resume: id of a run to continue from its last checkpoint.
         on_progress: called after every candidate and at each phase of one.
+        execution: the engine that runs the evaluations (default: in-process); it does not
+            change the results and is not stored, so a resume may use another.
 
     Raises:
         Interrupted: Ctrl-C, SIGTERM or SIGHUP; the run is stored as interrupted.
@@ -411,17 +309,17 @@ def run_search(
                     raise SearchError(f"run {resume} has finished; nothing to resume")
                 lease = held.enter_context(RunLease(store, resume))  # refuses while a live search holds it
                 config = SearchConfig.from_stored(run.config)
-                device, inputs = _open_checked(config, db)
-                check_inputs_unchanged(resume, run.inputs, inputs.identity)
+                engine = held.enter_context(_opened(config, db, execution))
+                check_inputs_unchanged(resume, run.inputs, engine.evaluation.inputs.identity)
                 run_id = resume
             else:
                 config = with_absolute_paths(config or SearchConfig())
                 config.validate()
                 config = resolve_device_defaults(config)
-                device, inputs = _open_checked(config, db)
-                run_id = store.create_run(dataclasses.asdict(config), versions(), inputs.identity)
+                engine = held.enter_context(_opened(config, db, execution))
+                run_id = store.create_run(dataclasses.asdict(config), versions(), engine.evaluation.inputs.identity)
                 lease = held.enter_context(RunLease(store, run_id))
-            _run(config, inputs, db, device, store, run_id, on_progress, lease)
+            _run(config, engine, store, run_id, on_progress, lease)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM and SIGHUP (signals_as_interrupts)
             name = signal_name(exc)
             if run_id is None:
@@ -450,35 +348,44 @@ def run_search(
     return summarize(store, run_id, time.monotonic() - started)
 
 
-def _open_checked(config: SearchConfig, db: Any) -> tuple[Any, SearchInputs]:
-    """The config's device (which must answer, and have a latency model when the search
-    predicts) and its checked inputs."""
-    from akd_mobile.latency import LatencyService
-    from devices.profiles import open_device
+@contextlib.contextmanager
+def _opened(config: SearchConfig, db: Any, execution: Execution | None) -> Iterator[Engine]:
+    """The engine that runs the config's evaluations (its device answering, and its latency
+    model found when the search predicts), over the config's checked inputs; closed on exit."""
+    from akd_mobile.engines import Execution, open_engine
 
-    device = open_device(config.device)
-    service = LatencyService(device, db, config.measure)
-    if config.latency != "measure":
-        service.predictor  # noqa: B018 - PredictorError now, before a run exists, when the device has no model
-    return device, load_inputs(config)
-
-
-def _run(config, inputs, db, device, store, run_id, on_progress, lease) -> None:
-    evaluator = Evaluator(config, inputs, db, device)
+    engine = open_engine(config, db, execution or Execution(), load_inputs)
     try:
-        strategy = make_strategy(config.strategy, evaluator.space, config.seed)
-        step, state = store.load_checkpoint(run_id)
-        if state is not None:
-            strategy.load_state_dict(state)
-        store.set_status(run_id, "running")
-        _loop(config, evaluator.space, store, run_id, step, strategy, evaluator, on_progress, lease)
+        yield engine
     finally:
-        evaluator.close()
+        engine.close()
 
 
-def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress, lease) -> None:
-    report = on_progress or (lambda progress: None)
+def _run(config: SearchConfig, engine: Engine, store: RunStore, run_id: int,
+         on_progress: Callable[[Progress], None] | None, lease: RunLease) -> None:
+    strategy = make_strategy(config.strategy, engine.evaluation.space, config.seed)
+    step, state = store.load_checkpoint(run_id)
+    if state is not None:
+        strategy.load_state_dict(state)
+    store.set_status(run_id, "running")
+    _loop(config, store, run_id, step, strategy, engine, on_progress or (lambda progress: None), lease)
+
+
+def _loop(config: SearchConfig, store: RunStore, run_id: int, step: int, strategy: Any, engine: Engine,
+          report: Callable[[Progress], None], lease: RunLease) -> None:
+    space = engine.evaluation.space
     failures_in_a_row = 0
+
+    def finish(candidate_id: int, outcome: CandidateOutcome) -> None:
+        nonlocal failures_in_a_row
+        lease.check()
+        store.finish(candidate_id, outcome)
+        failures_in_a_row = failures_in_a_row + 1 if outcome.status == "failed" else 0
+        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise SearchError(f"{failures_in_a_row} candidates in a row failed, the last with: {outcome.error}; "
+                              "fix the cause")
+        report(_progress(store, run_id, step, config.budget, candidate_id))
+
     while True:
         remaining = config.budget - sum(1 for r in store.candidates(run_id) if r.step <= step)
         if remaining <= 0:
@@ -493,23 +400,27 @@ def _loop(config, space, store, run_id, step, strategy, evaluator, on_progress, 
             stored = store.candidates(run_id, step)
         elif [r.arch for r in stored] != [a.canonical for a in proposed]:
             log.warning("run %d step %d: stored candidates differ from a fresh proposal; using the stored", run_id, step)
-        evaluator.prefetch([space.decode(r.arch) for r in stored if r.status == "pending"])
-        for row in stored:
-            if row.status == "pending":
-                arch = space.decode(row.arch)
+        pending = [(r.id, space.decode(r.arch)) for r in stored if r.status == "pending"]
+        keys = dict(pending)
+        while pending:  # an architecture twice in a step: evaluated once, the other reuses it
+            fresh: list[tuple[int, ArchSpec]] = []
+            later = []
+            for candidate_id, arch in pending:
                 earlier = store.done_with_key(run_id, arch.key)
+                if earlier:
+                    finish(candidate_id, _reuse(earlier))
+                elif any(a.key == arch.key for _, a in fresh):
+                    later.append((candidate_id, arch))
+                else:
+                    fresh.append((candidate_id, arch))
 
-                def on_phase(phase: str, key: str = arch.key) -> None:
-                    report(dataclasses.replace(_progress(store, run_id, step, config.budget, None), phase=phase, current=key))
+            def on_phase(candidate_id: int, phase: str) -> None:
+                report(dataclasses.replace(_progress(store, run_id, step, config.budget, None), phase=phase,
+                                           current=keys[candidate_id].key))
 
-                outcome = _reuse(earlier) if earlier else evaluator.evaluate(arch, on_phase, _standing(store, run_id, config))
-                lease.check()
-                store.finish(row.id, outcome)
-                failures_in_a_row = failures_in_a_row + 1 if outcome.status == "failed" else 0
-                if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                    raise SearchError(f"{failures_in_a_row} candidates in a row failed, the last with: {outcome.error}; "
-                                      "fix the cause")
-            report(_progress(store, run_id, step, config.budget, row.id))
+            for candidate_id, outcome in engine.evaluate(fresh, lambda: _standing(store, run_id, config), on_phase):
+                finish(candidate_id, outcome)
+            pending = later
         rows = store.candidates(run_id, step)
         tick = time.perf_counter()
         strategy.update([space.decode(r.arch) for r in rows],

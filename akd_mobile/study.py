@@ -33,7 +33,8 @@ import numpy as np
 from akd_mobile.data import DataOptions
 from akd_mobile.distill import MODES, ProxyBudget, TrainConfig
 from akd_base.errors import SpaceError, StudyError
-from akd_mobile.search import TRAIN_THREADS, versions
+from akd_mobile.engines import TRAIN_THREADS
+from akd_mobile.search import versions
 from akd_mobile.space import ArchSpec, SearchSpace, get_space
 
 if TYPE_CHECKING:

@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_support import cache_default_logits, fill_block  # noqa: E402
+
 DOC = ROOT / "docs" / "latency-predictor.md"
 START, END = "<!-- bench_hybrid_search:start -->", "<!-- bench_hybrid_search:end -->"
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="akd-hybrid-") as tmp:
         work = Path(tmp)
-        _cache_logits(work)
+        cache_default_logits(work)
         for i, seed in enumerate(seeds):
             for mode in modes[i % len(modes):] + modes[: i % len(modes)]:
                 row = one_search(mode, seed, args, work)
@@ -93,20 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     command = (f".venv/bin/python benchmarks/bench_hybrid_search.py --modes {args.modes} --seeds {args.seeds} "
                f"--budget {args.budget} --constraint {args.constraint}"
                + (f" --target-ms {args.target_ms:g}" if args.target_ms else ""))
-    text = DOC.read_text()
-    DOC.write_text(text[: text.index(START) + len(START)] + "\n" + _block(rows, modes, command) + "\n"
-                   + text[text.index(END):])
-
-
-def _cache_logits(work: Path) -> None:
-    """Compute the default teacher's logits once, into `work/logits`."""
-    from akd_mobile.data import load_dataset
-    from akd_mobile.search import SearchConfig
-    from akd_mobile.teachers import cached_logits, load_teacher
-
-    config = SearchConfig()
-    os.environ["AKD_CACHE_DIR"] = str(work)
-    cached_logits(load_teacher(config.teacher), load_dataset(config.data, seed=config.seed))
+    fill_block(DOC, START, END, _block(rows, modes, command))
 
 
 def _block(rows: list[dict], modes: list[str], command: str) -> str:

@@ -89,7 +89,7 @@ sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!
 import torch
 from akd_mobile.data import DataOptions, load_dataset
 from akd_mobile.distill import ProxyBudget, proxy_score
-from akd_mobile.search import TRAIN_THREADS
+from akd_mobile.engines import TRAIN_THREADS
 from akd_mobile.space import get_space
 data = load_dataset({str(data_spec)!r}, options=DataOptions(input_size=32))
 space = get_space("mnasnet-small", data.input_shape, data.num_classes)
@@ -116,7 +116,7 @@ import json, random, sys
 sys.path.insert(0, {str(ROOT)!r})
 from akd_mobile.data import DataOptions, load_dataset
 from akd_mobile.distill import ProxyBudget, proxy_score
-from akd_mobile.search import TRAIN_THREADS
+from akd_mobile.engines import TRAIN_THREADS
 from akd_mobile.space import get_space
 from akd_mobile.teachers import cached_logits, load_teacher
 def mib(field):

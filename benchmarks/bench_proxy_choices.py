@@ -3,7 +3,7 @@
 Scores three `mnasnet-small` students (the median-MACs sample near 50k, 100k and 200k
 parameters, picked as bench_distill.py picks its typical student) under each proxy
 setting with two seeds each: default teacher, Fashion-MNIST, each score on the search's
-torch threads (`akd_mobile.search.TRAIN_THREADS`), one after the other. Reports per setting the mean validation accuracy and the seed
+torch threads (`akd_mobile.engines.TRAIN_THREADS`), one after the other. Reports per setting the mean validation accuracy and the seed
 spread (the mean over students of |seed 0 - seed 1|). Writes a table into docs/distill.md.
 
     .venv/bin/python benchmarks/bench_proxy_choices.py
@@ -19,7 +19,7 @@ from typing import Any
 
 from akd_mobile.data import load_dataset
 from akd_mobile.distill import ProxyBudget, proxy_score
-from akd_mobile.search import TRAIN_THREADS
+from akd_mobile.engines import TRAIN_THREADS
 from akd_mobile.space import get_space
 from akd_mobile.teachers import cached_logits, load_teacher
 from bench_distill import typical_student

@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from akd_mobile.search import TRAIN_THREADS, SearchConfig, run_search
+from akd_mobile.engines import TRAIN_THREADS
+from akd_mobile.search import SearchConfig, run_search
 from devices.profiles import load_profile
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "search.md"

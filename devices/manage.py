@@ -33,15 +33,19 @@ def list_devices() -> list[dict[str, Any]]:
 
 
 def setup_device(name: str) -> list[dict[str, Any]]:
-    """Push the benchmark tools of profile `name` to its device (see `AdbDevice.setup`).
+    """Push the benchmark tools of profile `name` to its device, or to each of its `phones`
+    (see `AdbDevice.setup`).
 
     Raises:
         DeviceError: a profile whose backend has no tools to set up, or a device failure.
     """
-    from devices.profiles import open_device
+    from devices.profiles import load_profile, open_device, phone_profiles
 
-    device = open_device(name)
-    setup = getattr(device, "setup", None)
-    if setup is None:
-        raise DeviceError(f"device {device.name} runs models in-process: it has no tools to set up")
-    return setup()
+    pushed = []
+    for profile in phone_profiles(load_profile(name)).values():
+        device = open_device(profile)
+        setup = getattr(device, "setup", None)
+        if setup is None:
+            raise DeviceError(f"device {device.name} runs models in-process: it has no tools to set up")
+        pushed.extend(setup())
+    return pushed

@@ -9,6 +9,8 @@ description = "This host"    # optional, shown by `list_profiles`
 target_ms = 0.25             # optional: the search's default --target-ms on this device
 runs = 30                    # optional: how latencies are measured here (threads, warmup, runs,
 min_time_s = 3.0             #   min_time_s: akd_base.measurement.MeasureSettings and its defaults)
+phones = ["SERIAL1", "10.0.0.7:5555"]  # optional, adb only: several phones of this model (USB
+                             #   serials or TCP addresses); a search on Ray measures on all of them
 timeout_s = 120              # everything else is the backend's own settings
 ```
 
@@ -19,6 +21,7 @@ backend class's `from_profile(profile)`. A backend is added by one entry in `BAC
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import tomllib
@@ -53,6 +56,8 @@ class Profile:
         target_ms: default latency target of a search on this device, None if unset.
         measure: how latencies are measured on this device: the profile's `threads`,
             `warmup`, `runs` and `min_time_s` over the defaults (commands' options go over these).
+        phones: the USB serials or TCP addresses of several phones of this model (`adb`
+            only; see `phone_profiles`), empty for one device.
     """
 
     name: str
@@ -62,6 +67,7 @@ class Profile:
     settings: dict[str, Any] = field(default_factory=dict)
     target_ms: float | None = None
     measure: MeasureSettings = MeasureSettings()
+    phones: tuple[str, ...] = ()
 
     @property
     def argument(self) -> str:
@@ -105,22 +111,54 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if target_ms is not None and (isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or target_ms <= 0):
         raise DeviceError(f"device profile {path}: target_ms must be a positive number of milliseconds")
     measure = MeasureSettings.from_profile(data, f"device profile {path}")
+    phones = data.pop("phones", [])
+    if not isinstance(phones, list) or not all(isinstance(p, str) and p.strip() for p in phones) \
+            or len(set(phones)) != len(phones):
+        raise DeviceError(f"device profile {path}: phones must be a list of distinct USB serials or host:port addresses")
+    if phones and backend != "adb":
+        raise DeviceError(f"device profile {path}: phones is for the adb backend, not {backend}")
     return Profile(
         name=path.stem, backend=backend, description=description, path=path,
         settings={k: v for k, v in data.items() if k not in PROFILE_KEYS},
-        target_ms=float(target_ms) if target_ms is not None else None, measure=measure,
+        target_ms=float(target_ms) if target_ms is not None else None, measure=measure, phones=tuple(phones),
     )
 
 
+def phone_profiles(profile: Profile) -> dict[str | None, Profile]:
+    """The devices a profile names, each as a profile of one device, by the Ray resource that
+    places it (`phone:SERIAL`, a TCP address standing for the serial): one per entry of
+    `phones`, else the profile's own phone. The local backend's device is this host's CPU,
+    which no resource names: None."""
+    if profile.backend == "local":
+        return {None: profile}
+    if not profile.phones:
+        name = profile.settings.get("address") or profile.settings.get("serial") or "usb"
+        return {f"phone:{name}": profile}
+    out = {}
+    base = {k: v for k, v in profile.settings.items() if k not in ("address", "serial")}
+    for phone in profile.phones:
+        where = {"address": phone} if _is_address(phone) else {"serial": phone}
+        out[f"phone:{phone}"] = dataclasses.replace(profile, settings={**base, **where}, phones=())
+    return out
+
+
+def _is_address(phone: str) -> bool:
+    """Whether a phone is named by a TCP `host:port` (else a USB serial)."""
+    host, _, port = phone.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
 def open_device(name_or_path: str | Path | Profile) -> Device:
-    """The device a profile describes (by name, path or an already loaded Profile), ready to
-    `info()` and `measure()`.
+    """The device a profile describes (by name, path or an already loaded Profile; of a profile
+    that names several `phones`, the first), ready to `info()` and `measure()`.
 
     Raises:
         DeviceError: a bad profile (see `load_profile`), an unknown backend, or settings
             its backend rejects.
     """
     profile = name_or_path if isinstance(name_or_path, Profile) else load_profile(name_or_path)
+    if profile.phones:  # one device: the first phone (a search on Ray measures on every one)
+        profile = next(iter(phone_profiles(profile).values()))
     if profile.backend not in BACKENDS:
         raise DeviceError(
             f"device profile {profile.path}: unknown backend {profile.backend!r}; "

@@ -68,6 +68,20 @@ def profile_toml(path: Path, port: int, key: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def set_up_phone(folder: Path) -> Iterator[Path]:
+    """A loopback daemon serving `folder/device` and a profile file aimed at it, its tools
+    pushed (`devices setup`): the path of the profile."""
+    from devices.manage import setup_device
+
+    key = make_key(folder)
+    (folder / "device").mkdir()
+    with daemon(folder / "device", key) as d:
+        profile = profile_toml(folder / "loopback-test.toml", d.port, key)
+        setup_device(str(profile))
+        yield profile
+
+
 class KillingProxy:
     """A TCP proxy to `port` that drops both sides of a connection when the client sends
     `trigger`, for the first `kills` connections that send it (-1: every one)."""

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Iterator
 from unittest import mock
 
+import akd_mobile.engines as engines_module
 import akd_mobile.search as search_module
 from akd_mobile.reward import RewardConfig, mnas_reward
 from akd_mobile.runs import CandidateOutcome, RunStore, best_first
 from akd_mobile.search import SearchInputs
 from akd_mobile.space import get_space
+from search_support import engine_of
 
 SPACE = get_space("mnasnet-small")
 INPUTS = SearchInputs(None, SPACE, None, {"data": {"spec": "fashion-mnist", "fingerprint": "f" * 16}})
@@ -78,7 +80,7 @@ class FakeEvaluator:
 def fake_search(fail_every: int | None = None) -> Iterator[type[FakeEvaluator]]:
     """Patch the search loop to use FakeEvaluator and fixed inputs (no data, no teacher)."""
     FakeEvaluator.fail_every = fail_every
-    with mock.patch.object(search_module, "Evaluator", FakeEvaluator), \
+    with mock.patch.object(engines_module, "open_engine", engine_of(FakeEvaluator)), \
             mock.patch.object(search_module, "load_inputs", lambda config: INPUTS):
         yield FakeEvaluator
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import akd_mobile.engines as engines_module
 import akd_mobile.search as search_module
 from akd_mobile.finals import FinalStore
 from akd_mobile.runs import CandidateOutcome, RunStore
@@ -22,7 +23,7 @@ from akd_mobile.search import SearchConfig, run_search
 from akd_mobile.space import get_space
 from cli import cli
 from latency_db import open_db
-from search_support import ClosedFormEvaluator
+from search_support import ClosedFormEvaluator, engine_of
 
 SPACE = get_space("mnasnet-small")
 # the cheapest students of the space train an epoch of digits in a second or two
@@ -41,7 +42,7 @@ class CheapFirst(ClosedFormEvaluator):
 def _ce_run(db: Path, monkeypatch, budget: int = 4) -> int:
     """A finished CE search on digits with closed-form scores."""
     with monkeypatch.context() as m:
-        m.setattr(search_module, "Evaluator", CheapFirst)
+        m.setattr(engines_module, "open_engine", engine_of(CheapFirst))
         summary = run_search(SearchConfig(data="digits", reward="ce", budget=budget, batch=2, target_ms=1.0, seed=2), db)
     return summary.run_id
 

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 import akd_mobile.distill as distill_module
+import akd_mobile.engines as engines_module
 import akd_mobile.search as search_module
 from akd_base.errors import PredictorError
 from akd_base.measurement import LatencyResult
@@ -20,6 +21,7 @@ from akd_mobile.reward import RewardConfig
 from akd_mobile.space import get_space
 from devices.local import LocalDevice
 from latency_db import open_db
+from search_support import evaluate_one, in_process_engine
 from test_latency_predictor import archs, law_ms, record
 
 SPACE = get_space("mnasnet-small")
@@ -108,23 +110,25 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
         for mode in ("hybrid", "predict"):
             config = search_module.SearchConfig(constraint="hard", target_ms=target / 3, latency=mode, threads=1,
                                                 warmup=0, runs=1, min_time_s=0.0, reward="ce")
-            evaluator = search_module.Evaluator(config, search_module.SearchInputs(None, SPACE, None, {}), db, device)
-            reward = evaluator.reward_config
+            engine = in_process_engine(config, search_module.SearchInputs(None, SPACE, None, {}), db, device)
+            evaluation = engine.evaluation
+            reward = evaluation.reward_config
             exported: list[str] = []
-            monkeypatch.setattr(evaluator.exporter, "submit", lambda batch: exported.extend(a.key for a in batch))
-            evaluator.prefetch(students)  # only what will be measured before training is exported ahead
-            assert exported == [a.key for a in students if skip_bound(p := evaluator.predictor.predict(a), reward, True)
+            monkeypatch.setattr(engine.exporter, "submit", lambda batch: exported.extend(a.key for a in batch))
+            # the engine exports ahead (as it starts on its first candidate) only what is measured before training
+            next(engine.evaluate([(i, a) for i, a in enumerate(students)], Standing, lambda cid, phase: None))
+            assert exported == [a.key for a in students if skip_bound(p := evaluation.predictor.predict(a), reward, True)
                                 is None and measure_before_training(mode, p, reward, True)]
             assert bool(exported) == (mode == "hybrid")
             done: list[tuple[float, float, float]] = []  # (reward, accuracy, latency)
             seen = {"skipped": 0, "before": 0, "after": 0, "predicted": 0}
             for arch in students:
                 measured.clear(), trained.clear()
-                p = evaluator.predictor.predict(arch)
+                p = evaluation.predictor.predict(arch)
                 under = [acc for _, acc, ms in done if ms <= config.target_ms]
                 standing = Standing(tuple(sorted((r for r, _, _ in done), reverse=True)[:TOP_MEASURED]),
                                     max(under, default=None))
-                outcome = evaluator.evaluate(arch, standing=standing)
+                outcome = evaluate_one(engine, arch, standing)
                 assert p.model_id == model.id and outcome.predicted_ms == pytest.approx(p.median_ms)
                 if skip_bound(p, reward, hard=True) is not None:
                     assert outcome.status == "skipped" and not trained and not measured
@@ -139,7 +143,7 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
                 assert outcome.latency_ms == pytest.approx(law_ms(arch) * 1.02 if measured else p.median_ms)
                 done.append((outcome.reward, outcome.accuracy, outcome.latency_ms))
                 seen["before" if before else "after" if after else "predicted"] += 1
-            evaluator.close()
+            engine.close()
             assert all(seen.values()) if mode == "hybrid" else seen["before"] == 0, (mode, seen)
 
 
@@ -158,7 +162,7 @@ def test_a_predicting_search_without_a_model_stops_before_a_run_exists(tmp_path)
 def test_rows_say_where_each_latency_came_from(tmp_path, monkeypatch):
     """A closed-form search stores each candidate's source, and the summary counts them."""
     from akd_mobile.runs import CandidateOutcome
-    from search_support import ClosedFormEvaluator
+    from search_support import ClosedFormEvaluator, engine_of
 
     sources = iter(["measured", "predicted", "database", "skipped"] * 4)
 
@@ -183,7 +187,7 @@ def test_rows_say_where_each_latency_came_from(tmp_path, monkeypatch):
         strategy.update = lambda archs, rewards: (updates.append(rewards), real_update(archs, rewards))[1]
         return strategy
 
-    monkeypatch.setattr(search_module, "Evaluator", Sourced)
+    monkeypatch.setattr(engines_module, "open_engine", engine_of(Sourced))
     monkeypatch.setattr(search_module, "make_strategy", spied)
     summary = search_module.run_search(search_module.SearchConfig(target_ms=1.0, data="digits", reward="ce",
                                                                   budget=4, strategy="random"), tmp_path / "db.sqlite")

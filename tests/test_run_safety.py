@@ -15,13 +15,14 @@ import time
 import pytest
 from click.testing import CliRunner
 
+import akd_mobile.engines as engines_module
 import akd_mobile.search as search_module
 from akd_base.errors import DeviceUnavailable, ExportError
 from akd_mobile.runs import CandidateOutcome, RunStore
 from akd_mobile.space import get_space
 from cli import cli
 from latency_db import open_db
-from search_support import ClosedFormEvaluator
+from search_support import ClosedFormEvaluator, engine_of, evaluate_one, in_process_engine
 from teacher_support import linear_digits_teacher
 
 SPACE = get_space("mnasnet-small")
@@ -47,7 +48,7 @@ class ScriptedEvaluator(ClosedFormEvaluator):
 def scripted(monkeypatch):
     ScriptedEvaluator.calls = []
     ScriptedEvaluator.script = {}
-    monkeypatch.setattr(search_module, "Evaluator", ScriptedEvaluator)
+    monkeypatch.setattr(engines_module, "open_engine", engine_of(ScriptedEvaluator))
     return ScriptedEvaluator
 
 
@@ -175,20 +176,19 @@ def test_the_evaluator_records_a_candidates_own_failure_and_raises_the_devices(m
     from devices.local import LocalDevice
 
     config = search_module.SearchConfig(reward="ce", target_ms=1.0, threads=1, warmup=0, runs=1, min_time_s=0.0)
-    evaluator = search_module.Evaluator(config, search_module.SearchInputs(None, SPACE, None, {}), db=None,
-                                        device=LocalDevice())
+    engine = in_process_engine(config, search_module.SearchInputs(None, SPACE, None, {}), None, LocalDevice())
     arch = SPACE.sample(__import__("random").Random(1))
     monkeypatch.setattr(LatencyService, "latency", _raise(ExportError("tflite conversion failed: op aten.foo")))
-    outcome = evaluator.evaluate(arch)
+    outcome = evaluate_one(engine, arch)
     assert outcome.status == "failed" and "aten.foo" in outcome.error
     monkeypatch.setattr(LatencyService, "latency", _raise(DeviceUnavailable("phone unplugged")))
     with pytest.raises(DeviceUnavailable):
-        evaluator.evaluate(arch)
+        evaluate_one(engine, arch)
     wrapped = ExportError("conversion failed")
     wrapped.__cause__ = OSError(28, "No space left on device")
     monkeypatch.setattr(LatencyService, "latency", _raise(wrapped))
     with pytest.raises(ExportError):
-        evaluator.evaluate(arch)
+        evaluate_one(engine, arch)
 
 
 def _raise(exc):

@@ -56,14 +56,9 @@ def test_tiny_search_on_digits_with_the_local_device(tmp_path, digits_teacher):
 
 @pytest.mark.slow
 def test_tiny_search_through_the_loopback_phone(tmp_path, digits_teacher):
-    from devices.manage import setup_device
-    from devices_support import daemon, make_key, profile_toml
+    from devices_support import set_up_phone
 
-    key = make_key(tmp_path)
-    (tmp_path / "device").mkdir()
-    with daemon(tmp_path / "device", key) as d:
-        profile = profile_toml(tmp_path / "loopback-test.toml", d.port, key)
-        setup_device(str(profile))
+    with set_up_phone(tmp_path) as profile:
         db = tmp_path / "akd.sqlite"
         config = SearchConfig(**{**TINY, "budget": 2}, teacher=digits_teacher, device=str(profile))
         summary = run_search(config, db)

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+import akd_mobile.engines as engines_module
 import akd_mobile.search as search_module
 from akd_base.errors import Interrupted, SearchError
 from akd_mobile.reward import RewardConfig, mnas_reward
@@ -14,6 +15,7 @@ from akd_mobile.runs import CandidateOutcome, RunStore
 from akd_mobile.search import SearchConfig, SearchInputs, run_search
 from akd_mobile.space import get_space
 from latency_db import open_db
+from search_support import engine_of
 
 SPACE = get_space("mnasnet-small")
 FAKE_INPUTS = SearchInputs(None, SPACE, None, {"data": {"spec": "fashion-mnist", "fingerprint": "f" * 16}})
@@ -58,7 +60,7 @@ def fake(monkeypatch):
     FakeEvaluator.prefetched = []
     FakeEvaluator.fail_keys = set()
     FakeEvaluator.interrupt_at = None
-    monkeypatch.setattr(search_module, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(engines_module, "open_engine", engine_of(FakeEvaluator))
     monkeypatch.setattr(search_module, "load_inputs", lambda config: FAKE_INPUTS)
     return FakeEvaluator
 

@@ -1,0 +1,156 @@
+"""The evaluation of one candidate, as a plan of work that an execution engine runs.
+
+A candidate's evaluation decides, from the latency database, the device's latency model
+and where the run stands (`akd_mobile.latency_policy`), whether its latency is measured
+before its proxy training, after it, or predicted, and whether it is trained at all. That
+logic is one generator, `CandidateEvaluation.plan`: it yields units of work (`Measure`,
+`Train`), is sent each one's answer (or thrown its error) and returns the candidate's
+`CandidateOutcome`. The engines (`akd_mobile.engines`: in-process; `akd_mobile.ray_engine`:
+on a Ray cluster) only run the work, so both evaluate a candidate the same way.
+
+A candidate's own failure (an op the converter cannot handle) ends its plan as `failed`;
+an error that stops the run (`errors.stops_the_run`: the device or the host) is raised out
+of the plan, to the engine and the search loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from akd_base.errors import error_line, stops_the_run
+from akd_mobile.latency_policy import Standing, measure_after_training, measure_before_training, skip_bound
+from akd_mobile.reward import RewardConfig, mnas_reward
+from akd_mobile.runs import CandidateOutcome
+from akd_mobile.space import ArchSpec
+
+if TYPE_CHECKING:
+    from akd_mobile.distill import ProxyResult
+    from akd_mobile.latency import LatencyOutcome, LatencyService
+    from akd_mobile.latency_predictor import Predictor
+    from akd_mobile.search import SearchConfig, SearchInputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Work: export the candidate, measure it on the device and store the measurement;
+    answered with a `MeasureDone`."""
+
+    arch: ArchSpec
+
+
+@dataclass(frozen=True)
+class MeasureDone:
+    """A stored measurement and the seconds it took beyond the training (export, measurement)."""
+
+    latency: LatencyOutcome
+    export_s: float
+    measure_s: float
+
+
+@dataclass(frozen=True)
+class Train:
+    """Work: the candidate's proxy training; answered with its `ProxyResult`."""
+
+    arch: ArchSpec
+
+
+Work = Union[Measure, Train]
+Plan = Generator[Work, Any, CandidateOutcome]
+
+
+class CandidateEvaluation:
+    """How a search evaluates its candidates: its settings, the measurement service (the
+    database's latencies) and, unless it only measures, the device's latency model."""
+
+    def __init__(self, config: SearchConfig, inputs: SearchInputs, service: LatencyService) -> None:
+        self.config = config
+        self.inputs = inputs
+        self.space = inputs.space
+        self.service = service
+        self.predictor: Predictor | None = None if config.latency == "measure" else service.predictor
+        self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
+        self.hard = config.constraint == "hard"
+
+    def measured_first(self, archs: list[ArchSpec]) -> list[ArchSpec]:
+        """Those of `archs` whose plans start with a `Measure`: the database does not hold
+        them (and, with a latency model, their prediction will not stand); an engine may
+        export them ahead."""
+        misses = [a for a in archs if self.service.lookup(a) is None]
+        if self.predictor is None:
+            return misses
+        return [a for a in misses if self._measured_before(self.predictor.predict(a))]
+
+    def _measured_before(self, prediction: Any) -> bool:
+        return (skip_bound(prediction, self.reward_config, self.hard) is None
+                and measure_before_training(self.config.latency, prediction, self.reward_config, self.hard))
+
+    def plan(self, arch: ArchSpec, standing: Callable[[], Standing] = Standing) -> Plan:
+        """The evaluation of `arch`: latency first (a database hit costs nothing, an export
+        failure skips training), then the proxy accuracy; `standing` says where the run
+        stands when the plan asks (after the training)."""
+        cost = self.space.cost(arch)
+        spent = {"export_s": 0.0, "measure_s": 0.0, "train_s": 0.0}
+        prediction = None
+        cfg = self.config
+        try:
+            lat = self.service.lookup(arch)
+            if lat is None and self.predictor is not None:
+                prediction = self.predictor.predict(arch)
+                bound = skip_bound(prediction, self.reward_config, self.hard)
+                if bound is not None:
+                    return CandidateOutcome(
+                        "skipped", latency_ms=prediction.median_ms, reward=bound, params=cost.params, macs=cost.macs,
+                        latency_source="predicted", predicted_ms=prediction.median_ms,
+                        latency_model_id=prediction.model_id,
+                        error=f"not trained: predicted {prediction.median_ms:.3f} ms (+-{prediction.band:.0%}), so "
+                              f"its reward under the hard {cfg.target_ms:g} ms target is at most {bound:.3f}",
+                    )
+                if measure_before_training(cfg.latency, prediction, self.reward_config, self.hard):
+                    lat = yield from self._measure(arch, spent)
+            elif lat is None:
+                lat = yield from self._measure(arch, spent)
+            score: ProxyResult = yield Train(arch)
+            spent["train_s"] = score.train_s + score.eval_s
+            if lat is None and measure_after_training(prediction, score.accuracy, self.reward_config, standing()):  # type: ignore[arg-type]
+                lat = yield from self._measure(arch, spent)
+            latency_ms = prediction.median_ms if lat is None else lat.result.median_ms  # type: ignore[union-attr]
+            reward = mnas_reward(score.accuracy, latency_ms, self.reward_config)
+        except Exception as exc:  # noqa: BLE001 - a failed candidate is recorded and the search goes on
+            if stops_the_run(exc):
+                raise
+            log.warning("candidate %s failed: %s", arch.key, exc)
+            return CandidateOutcome("failed", params=cost.params, macs=cost.macs, error=error_line(exc), **spent)
+        source = "predicted" if lat is None else "database" if lat.cached else "measured"
+        return CandidateOutcome(
+            "done", accuracy=score.accuracy, latency_ms=latency_ms, reward=reward, params=cost.params,
+            macs=cost.macs, latency_cached=lat is not None and lat.cached, latency_source=source,
+            predicted_ms=None if prediction is None else prediction.median_ms,
+            latency_model_id=None if prediction is None else prediction.model_id, **spent,
+        )
+
+    def _measure(self, arch: ArchSpec, spent: dict[str, float]) -> Generator[Work, Any, LatencyOutcome]:
+        done: MeasureDone = yield Measure(arch)
+        spent["export_s"] += done.export_s
+        spent["measure_s"] += done.measure_s
+        return done.latency
+
+
+def run_plan(plan: Plan, do: Callable[[Work], Any]) -> CandidateOutcome:
+    """Run `plan` to its outcome, each unit of work by `do` in turn (its error thrown back
+    into the plan)."""
+    try:
+        work = next(plan)
+        while True:
+            try:
+                answer = do(work)
+            except Exception as exc:  # noqa: BLE001 - the plan decides: the candidate failed, or the run stops
+                work = plan.throw(exc)
+            else:
+                work = plan.send(answer)
+    except StopIteration as stop:
+        return stop.value

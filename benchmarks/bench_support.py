@@ -1,0 +1,25 @@
+"""Helpers shared by the search benchmarks: the default teacher's logits computed once, and a
+document's measured block replaced between its markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_default_logits(work: Path) -> None:
+    """Compute the default search's teacher logits once, into `work/logits` (copy that folder
+    into each run's own cache)."""
+    from akd_mobile.data import load_dataset
+    from akd_mobile.search import SearchConfig
+    from akd_mobile.teachers import cached_logits, load_teacher
+
+    config = SearchConfig()
+    os.environ["AKD_CACHE_DIR"] = str(work)
+    cached_logits(load_teacher(config.teacher), load_dataset(config.data, seed=config.seed))
+
+
+def fill_block(doc: Path, start: str, end: str, block: str) -> None:
+    """Replace what lies between the markers `start` and `end` in `doc` with `block`."""
+    text = doc.read_text()
+    doc.write_text(text[: text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):])

@@ -1,0 +1,167 @@
+"""The Ray execution engine: the same search as in-process, phones as actors, faults, and
+bad addresses (a local Ray started by the engine or by the test; no cluster, no phone)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from akd_mobile.distill import ProxyBudget
+from akd_mobile.engines import Execution
+from akd_mobile.runs import RunStore
+from akd_mobile.search import SearchConfig, run_search
+from cli import cli
+from latency_db import open_db
+
+TINY = dict(data="digits", budget=4, batch=2, proxy=ProxyBudget(steps=20), target_ms=0.25, runs=5, warmup=1,
+            min_time_s=0.0)
+RAY = Execution(ray="auto")
+
+
+def _stored(db: Path, run_id: int) -> list[tuple]:
+    return [(r.step, r.slot, r.arch, r.status, r.accuracy, r.latency_ms, r.reward)
+            for r in RunStore(open_db(db)).candidates(run_id)]
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory) -> str:
+    from akd_mobile.data import load_dataset
+    from akd_mobile.teachers import save_teacher, train_teacher
+
+    data = load_dataset("digits", seed=0)
+    model, result = train_teacher("resnet", data, epochs=8, seed=0)
+    path = tmp_path_factory.mktemp("teacher") / "digits-resnet.pt"
+    save_teacher(model, result, data, path)
+    return str(path)
+
+
+@pytest.fixture()
+def ray_cluster():
+    """A local Ray this test starts (the engine joins it and leaves it running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _system_config={"worker_niceness": 0})
+    yield ray
+    ray.shutdown()
+
+
+def _last_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("address, message", [
+    (None, "no Ray cluster answers at 127.0.0.1:{port}"),
+    ("head-node", "--ray takes auto or a Ray head's host:port, got 'head-node'"),
+])
+def test_a_ray_address_where_no_cluster_answers_is_a_one_line_error(tmp_path, address, message):
+    from devices_support import free_port
+
+    port = free_port()
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["search", "--data", "digits", "--reward", "ce", "--db", str(tmp_path / "db.sqlite"),
+                                      "--ray", address or f"127.0.0.1:{port}"])
+    assert result.exit_code == 2 and message.format(port=port) in _last_line(result)
+    assert time.monotonic() - start < 30
+    assert RunStore(open_db(tmp_path / "db.sqlite")).list_runs() == []  # refused before a run existed
+
+
+def test_a_phone_no_node_has_is_a_one_line_error(tmp_path, ray_cluster):
+    from devices_support import make_key, profile_toml
+
+    profile = profile_toml(tmp_path / "phone.toml", 15999, make_key(tmp_path))
+    result = CliRunner().invoke(cli, ["search", "--data", "digits", "--reward", "ce", "--device", str(profile), "--target-ms", "1",
+                                      "--db", str(tmp_path / "db.sqlite"), "--ray", "auto"])
+    assert result.exit_code == 2
+    assert "no node of the Ray cluster this process is in has phone:127.0.0.1:15999" in _last_line(result)
+    assert "ray start --address HEAD --resources '{\"phone:127.0.0.1:15999\": 1}'" in _last_line(result)
+
+
+@pytest.mark.slow
+def test_a_kd_search_on_ray_stores_what_the_in_process_search_stores(tmp_path, digits_teacher):
+    """Same seed, same candidates and scores; the second search reads the first's latencies."""
+    db = tmp_path / "db.sqlite"
+    config = SearchConfig(**TINY, teacher=digits_teacher, seed=1)
+    here = run_search(config, db)
+    there = run_search(config, db, execution=RAY)
+    assert there.status == "done" and there.evaluated == 4
+    assert _stored(db, there.run_id) == _stored(db, here.run_id)
+    assert there.latency_sources == {"database": 4, "measured": 0, "predicted": 0, "skipped": 0}
+
+
+@pytest.mark.slow
+def test_two_loopback_phones_as_actors_share_a_searchs_measurements(tmp_path):
+    from devices.manage import setup_device
+    from devices_support import KillingProxy, daemon, make_key, profile_toml
+
+    key = make_key(tmp_path)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    with daemon(tmp_path / "a", key) as a, daemon(tmp_path / "b", key) as b:
+        counters = [KillingProxy(a.port, b"never", kills=0), KillingProxy(b.port, b"never", kills=0)]
+        phones = [f"127.0.0.1:{c.port}" for c in counters]
+        profile = profile_toml(tmp_path / "farm.toml", a.port, key)  # its address gives way to the two phones
+        text = profile.read_text().replace(f'address = "127.0.0.1:{a.port}"\n', "")
+        profile.write_text('phones = ["' + '", "'.join(phones) + '"]\n' + text)
+        setup_device(str(profile))
+        before = [c.connections for c in counters]
+        db = tmp_path / "db.sqlite"
+        summary = run_search(SearchConfig(**{**TINY, "batch": 4}, reward="ce", device=str(profile)), db,
+                             execution=Execution(ray="auto", max_in_flight=4))
+        used = [c.connections - n for c, n in zip(counters, before)]
+        for c in counters:
+            c.close()
+    assert summary.status == "done" and summary.latency_sources["measured"] == 4, summary
+    assert all(n > 0 for n in used), used  # each phone measured some of the four
+    keys = [r[0] for r in open_db(db).read("SELECT arch_key FROM measurements")]
+    assert sorted(keys) == sorted(r.arch_key for r in RunStore(open_db(db)).candidates(summary.run_id))
+
+
+def _kill_once(title: str, done: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first process whose title starts with `title` (a Ray worker running it)."""
+    import psutil
+
+    while not done.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            line = " ".join(proc.info["cmdline"] or [])
+            if line.startswith(title):
+                proc.kill()
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("title", ["ray::_train", "ray::Phone.measure"])
+def test_a_worker_or_phone_killed_mid_work_leaves_each_candidate_evaluated_once(tmp_path, title):
+    from devices_support import set_up_phone
+
+    with set_up_phone(tmp_path) as profile:
+        db = tmp_path / "db.sqlite"
+        done, killed = threading.Event(), []
+        killer = threading.Thread(target=_kill_once, args=(title, done, killed), daemon=True)
+        killer.start()
+        try:
+            summary = run_search(SearchConfig(**TINY, reward="ce", device=str(profile)), db, execution=RAY)
+        finally:
+            done.set()
+            killer.join(5)
+    assert killed, f"no {title} process was seen"
+    rows = RunStore(open_db(db)).candidates(summary.run_id)
+    assert summary.status == "done" and [r.status for r in rows] == ["done"] * 4
+    measured = [r[0] for r in open_db(db).read("SELECT arch_key FROM measurements")]
+    assert sorted(measured) == sorted({r.arch_key for r in rows})  # each measured once, none lost
+
+
+def test_the_in_process_path_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, cli, akd_mobile.search, akd_mobile.engines, akd_mobile.evaluation; "
+            "from cli import cli as c; assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
