@@ -10,6 +10,9 @@ import threading
 from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The signal the last stop was raised for. An extension that waits in C (Ray's `ray.wait`)
+# re-raises what a handler raised as a plain KeyboardInterrupt, which loses its number.
+_received: list[int] = []
 
 
 class SignalStop(KeyboardInterrupt):
@@ -32,19 +35,23 @@ def signals_as_interrupts() -> Iterator[None]:
     def stop(signum: int, _frame: object) -> None:
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
+        _received[:] = [signum]
         raise SignalStop(signum)
 
+    _received.clear()
     saved = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+        _received.clear()
 
 
 def signal_number(exc: KeyboardInterrupt) -> int:
-    """The signal behind an interrupt (SIGINT for a plain KeyboardInterrupt)."""
-    return getattr(exc, "signum", signal.SIGINT)
+    """The signal behind an interrupt: its own, else the one the stop handler last saw (a
+    KeyboardInterrupt re-raised on the way), else SIGINT."""
+    return getattr(exc, "signum", None) or (_received[0] if _received else signal.SIGINT)
 
 
 def signal_name(exc: KeyboardInterrupt) -> str:

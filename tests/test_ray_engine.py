@@ -3,6 +3,7 @@ bad addresses (a local Ray started by the engine or by the test; no cluster, no 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -165,3 +166,34 @@ def test_the_in_process_path_does_not_import_ray():
     code = ("import sys, cli, akd_mobile.search, akd_mobile.engines, akd_mobile.evaluation; "
             "from cli import cli as c; assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_search_resumably_and_a_resume_on_ray_finishes_it(tmp_path):
+    """Ray's `ray.init` installs its own SIGTERM handler and its waits re-raise a plain
+    KeyboardInterrupt: the run must still stop as SIGTERM (exit 143) and resume."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "db.sqlite"
+    args = [sys.executable, "-m", "cli", "search", "--data", "digits", "--reward", "ce", "--budget", "4", "--batch", "2",
+            "--proxy-steps", "20", "--target-ms", "0.25", "--db", str(db), "--ray", "auto"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if db.exists():
+            with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db, timeout=5) as conn:
+                if conn.execute("SELECT count(*) FROM candidates WHERE status = 'done'").fetchone()[0] >= 1:
+                    break
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in proc.stderr.read()
+    assert RunStore(open_db(db)).get_run(1).status == "interrupted"
+    result = CliRunner().invoke(cli, ["search", "--resume", "1", "--db", str(db), "--ray", "auto", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = RunStore(open_db(db)).candidates(1)
+    assert [r.status for r in rows] == ["done"] * 4 and len({r.id for r in rows}) == 4
