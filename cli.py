@@ -226,8 +226,9 @@ def augment_option(f):
 @click.option("--proxy-lr", type=float, default=None, help="Proxy peak learning rate (default 0.2).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", type=int, default=None, help="Continue run RUN_ID from its last checkpoint.")
-@click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT",
-              help="Evaluate on Ray: auto (the cluster `ray start` began here, else a new local one) or a head's address.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT|off",
+              help="Evaluate on Ray: auto (the cluster `ray start` began here, else a new local one) or a head's "
+                   "address; off: in-process (default: the device profile's `ray`, else in-process).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
               help="Candidates evaluated at once on Ray (default: two per training slot).")
 @click.option("--torch-device", default="cpu", show_default=True, help="Where proxy training runs: cpu or cuda.")

@@ -20,9 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class Strategy(Protocol):
-    """What the search loop needs from a strategy."""
+    """What the search loop needs from a strategy. A steady-state strategy is updated with each
+    candidate as it finishes and proposes one child whenever a worker frees (no batch
+    barrier); the others propose and learn a batch at a time."""
 
     name: str
+    steady_state: bool
 
     def propose(self, n: int) -> list[ArchSpec]:
         """The next `n` architectures to evaluate."""
@@ -113,6 +116,7 @@ class RLStrategy:
     """MnasNet's controller: LSTM policy trained with PPO against a moving-average baseline."""
 
     name = "rl"
+    steady_state = False
 
     def __init__(self, space: SearchSpace, seed: int = 0, config: PPOConfig = PPOConfig()) -> None:
         self.space = space
@@ -177,6 +181,7 @@ class RandomStrategy:
     """Uniform random search: the baseline every result is compared with."""
 
     name = "random"
+    steady_state = False
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         self.space = space
@@ -200,6 +205,7 @@ class EvolutionStrategy:
     population, one mutation per child, the oldest member dies."""
 
     name = "evolution"
+    steady_state = True
 
     def __init__(self, space: SearchSpace, seed: int = 0, population: int = 16, tournament: int = 4) -> None:
         self.space = space

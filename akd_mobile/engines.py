@@ -1,10 +1,11 @@
 """Execution engines: what runs the candidates' evaluations (`akd_mobile.evaluation`).
 
-The search loop hands an engine a step's candidates and stores each outcome as the engine
-yields it; it does not know which engine runs. Two engines:
+The search loop hands an engine its candidates (a batch, or a steady-state strategy's
+children proposed one at a time as the engine takes them) and stores each outcome as the
+engine yields it; it does not know which engine runs. Two engines:
 
-- `InProcessEngine` (the default): one candidate after another in this process, the
-  step's exports converting ahead in a background process (`akd_mobile.export_worker`).
+- `InProcessEngine` (the default): one candidate after another in this process, the next
+  one's export converting meanwhile in a background process (`akd_mobile.export_worker`).
 - `RayEngine` (`akd_mobile.ray_engine`, `search --ray auto|ADDRESS`): proxy trainings and
   exports as Ray tasks, one actor per phone, many candidates in flight.
 
@@ -14,6 +15,9 @@ stored with the run: a resume may run on another engine.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,12 +30,17 @@ from akd_mobile.space import ArchSpec
 
 if TYPE_CHECKING:
     from akd_mobile.search import SearchConfig, SearchInputs
+    from devices.profiles import Profile
 
 # Two torch threads for the proxy, which trains each batch as two shards on threads of
 # their own (akd_mobile.shards): 1.8x one thread on 2 cores (docs/distill.md). Fixed rather
 # than one per core, so that a score does not depend on the host's core count (a Ray task
 # declares as many CPUs).
 TRAIN_THREADS = 2
+
+# Candidates the in-process engine takes at once: the one it trains and the next, whose
+# export converts meanwhile in the background process.
+IN_PROCESS_AHEAD = 2
 
 # A phase of a candidate's evaluation (`exporting`, `measuring`, `training`) as it starts:
 # (candidate id, phase).
@@ -43,8 +52,9 @@ class Execution:
     """How a search runs its evaluations.
 
     Attributes:
-        ray: None for in-process; `auto` (a Ray instance on this machine: the one `ray start`
-            began, else a new one) or the address of a Ray cluster's head (`host:port`).
+        ray: `auto` (a Ray instance on this machine: the one `ray start` began, else a new
+            one) or the address of a Ray cluster's head (`host:port`); `off` for in-process;
+            None for what the device profile says (its `ray` key), else in-process.
         max_in_flight: candidates evaluated at once on Ray (None: two per worker CPU).
         torch_device: where proxy training runs: `cpu` or `cuda` (on Ray, a training task
             then asks for one GPU).
@@ -54,17 +64,24 @@ class Execution:
     max_in_flight: int | None = None
     torch_device: str = "cpu"
 
+    def ray_address(self, profile: Profile) -> str | None:
+        """The Ray cluster to run on (None: in-process): this execution's, else `profile`'s."""
+        ray = self.ray if self.ray is not None else profile.ray
+        return None if ray in (None, "off") else ray
+
 
 class Engine(Protocol):
     """Runs candidates' evaluations."""
 
     evaluation: CandidateEvaluation
 
-    def evaluate(self, candidates: list[tuple[int, ArchSpec]], standing: Callable[[], Standing],
+    def evaluate(self, candidates: Iterator[tuple[int, ArchSpec]], standing: Callable[[], Standing],
                  on_phase: OnPhase) -> Iterator[tuple[int, CandidateOutcome]]:
-        """Evaluate `candidates` (candidate id, architecture), yielding (id, outcome) as each
-        finishes; the caller stores an outcome before asking for the next. An error that
-        stops the run is raised."""
+        """Evaluate the candidates (candidate id, architecture) that `candidates` gives,
+        taking the next one only when there is room for it, and yield (id, outcome) as each
+        finishes; the caller stores an outcome before asking for the next, so a steady-state
+        search proposes a child from every outcome stored so far. An error that stops the
+        run is raised."""
         ...
 
     def close(self) -> None:
@@ -73,8 +90,8 @@ class Engine(Protocol):
 
 
 class InProcessEngine:
-    """Evaluates one candidate after another in this process; the exports of the candidates
-    measured before training convert ahead, in a background process."""
+    """Evaluates one candidate after another in this process; the export of the next one
+    (when it is measured before training) converts meanwhile, in a background process."""
 
     def __init__(self, evaluation: CandidateEvaluation, execution: Execution) -> None:
         from akd_mobile.export_worker import ExportWorker
@@ -83,13 +100,21 @@ class InProcessEngine:
         self.execution = execution
         self.exporter = ExportWorker(evaluation.config.fmt)
 
-    def evaluate(self, candidates: list[tuple[int, ArchSpec]], standing: Callable[[], Standing],
+    def evaluate(self, candidates: Iterator[tuple[int, ArchSpec]], standing: Callable[[], Standing],
                  on_phase: OnPhase) -> Iterator[tuple[int, CandidateOutcome]]:
-        ahead = self.evaluation.measured_first([arch for _, arch in candidates])
-        if ahead:
-            self.exporter.submit(ahead)
-        for cid, arch in candidates:
+        ahead: collections.deque[tuple[int, ArchSpec]] = collections.deque()
+
+        def take() -> None:
+            for cid, arch in itertools.islice(candidates, IN_PROCESS_AHEAD - len(ahead)):
+                ahead.append((cid, arch))
+                if self.evaluation.measured_first([arch]):
+                    self.exporter.submit([arch])
+
+        take()
+        while ahead:
+            cid, arch = ahead.popleft()
             yield cid, run_plan(self.evaluation.plan(arch, standing), lambda work, cid=cid: self._do(work, cid, on_phase))
+            take()
 
     def _do(self, work: Work, cid: int, on_phase: OnPhase) -> Any:
         if isinstance(work, Train):
@@ -123,16 +148,17 @@ def open_engine(config: SearchConfig, db: Any, execution: Execution,
         RayError: no Ray cluster answers at the address, or none of its nodes has a phone.
         AkdError: inputs that do not fit (see `search.load_inputs`).
     """
-    if execution.ray is not None:
+    from devices.profiles import load_profile, open_device
+
+    profile = load_profile(config.device)
+    address = execution.ray_address(profile)
+    if address is not None:
         from akd_mobile.ray_engine import RayEngine
 
-        return RayEngine.open(config, db, execution, load_inputs)
+        return RayEngine.open(config, profile, db, dataclasses.replace(execution, ray=address), load_inputs)
     from akd_mobile.distill import torch_device
     from akd_mobile.latency import LatencyService
-    from devices.profiles import open_device
 
     torch_device(execution.torch_device)  # DeviceError now for a device torch cannot use here
-    service = LatencyService(open_device(config.device), db, config.measure)
-    if config.latency != "measure":
-        service.predictor  # noqa: B018 - PredictorError now, before a run exists, when the device has no model
-    return InProcessEngine(CandidateEvaluation(config, load_inputs(config), service), execution)
+    service = LatencyService(open_device(profile), db, config.measure)
+    return InProcessEngine(CandidateEvaluation.open(config, service, load_inputs), execution)

@@ -29,7 +29,7 @@ from akd_mobile.space import ArchSpec
 if TYPE_CHECKING:
     from akd_mobile.distill import ProxyResult
     from akd_mobile.latency import LatencyOutcome, LatencyService
-    from akd_mobile.latency_predictor import Predictor
+    from akd_mobile.latency_predictor import Prediction, Predictor
     from akd_mobile.search import SearchConfig, SearchInputs
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,16 @@ class CandidateEvaluation:
         self.predictor: Predictor | None = None if config.latency == "measure" else service.predictor
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)  # type: ignore[arg-type]
         self.hard = config.constraint == "hard"
+        self._predictions: dict[str, Prediction] = {}  # by architecture key: an engine asks ahead, the plan again
+
+    @classmethod
+    def open(cls, config: SearchConfig, service: LatencyService,
+             load_inputs: Callable[[SearchConfig], SearchInputs]) -> CandidateEvaluation:
+        """The evaluation of `config`'s candidates: when it predicts, the device's latency model
+        is found (PredictorError otherwise) before `load_inputs` reads the data and teacher."""
+        if config.latency != "measure":
+            service.predictor  # noqa: B018 - PredictorError now, before the inputs load and a run exists
+        return cls(config, load_inputs(config), service)
 
     def measured_first(self, archs: list[ArchSpec]) -> list[ArchSpec]:
         """Those of `archs` whose plans start with a `Measure`: the database does not hold
@@ -83,7 +93,12 @@ class CandidateEvaluation:
         misses = [a for a in archs if self.service.lookup(a) is None]
         if self.predictor is None:
             return misses
-        return [a for a in misses if self._measured_before(self.predictor.predict(a))]
+        return [a for a in misses if self._measured_before(self._predict(a))]
+
+    def _predict(self, arch: ArchSpec) -> Prediction:
+        if arch.key not in self._predictions:
+            self._predictions[arch.key] = self.predictor.predict(arch)  # type: ignore[union-attr]
+        return self._predictions[arch.key]
 
     def _measured_before(self, prediction: Any) -> bool:
         return (skip_bound(prediction, self.reward_config, self.hard) is None
@@ -100,7 +115,7 @@ class CandidateEvaluation:
         try:
             lat = self.service.lookup(arch)
             if lat is None and self.predictor is not None:
-                prediction = self.predictor.predict(arch)
+                prediction = self._predict(arch)
                 bound = skip_bound(prediction, self.reward_config, self.hard)
                 if bound is not None:
                     return CandidateOutcome(

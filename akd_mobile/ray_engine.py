@@ -31,6 +31,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -62,6 +63,11 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0  # how long an address may take to accept a connection
 PHONE_RESTARTS = 3  # a phone actor that dies is restarted (and its measurement retried) this often
+# A phone actor: restarted (its measurement retried) when it dies, and measuring the models
+# whose exports are ready first, not in the order they were sent (an actor otherwise waits for
+# the export of the first sent however long it takes, its phone idle).
+PHONE_ACTOR_OPTIONS = dict(max_restarts=PHONE_RESTARTS, max_task_retries=PHONE_RESTARTS,
+                           allow_out_of_order_execution=True)
 PHONE_INFO_TIMEOUT_S = 120.0  # how long the phones may take to describe themselves at the start
 # Ray errors that mean the cluster lost work (a node, an actor past its restarts, an object):
 # the run stops resumably rather than failing the candidate.
@@ -186,7 +192,7 @@ class RayEngine:
         self._load = [0] * len(measurers)
 
     @classmethod
-    def open(cls, config: SearchConfig, db: Any, execution: Execution,
+    def open(cls, config: SearchConfig, profile: Profile, db: Any, execution: Execution,
              load_inputs: Callable[[SearchConfig], SearchInputs]) -> RayEngine:
         """Connect to (or start) Ray, place the phones and check that they answer and agree,
         then load the inputs into the object store.
@@ -196,9 +202,8 @@ class RayEngine:
             DeviceError: a phone does not answer, or the phones differ in fingerprint.
         """
         from akd_mobile.latency import LatencyService
-        from devices.profiles import load_profile, phone_profiles
+        from devices.profiles import phone_profiles
 
-        profile = load_profile(config.device)
         phones = phone_profiles(profile)
         owns = _connect(execution.ray or "auto", [r for r in phones if r is not None])
         try:
@@ -215,18 +220,15 @@ class RayEngine:
                                   + ", ".join(f"{r}: {i.fingerprint}" for r, i in infos.items())
                                   + "); give each model of phone a profile of its own")
             service = LatencyService(_Described(profile.name, next(iter(infos.values()))), db, config.measure)
-            if config.latency != "measure":
-                service.predictor  # noqa: B018 - PredictorError now, before a run exists
-            evaluation = CandidateEvaluation(config, load_inputs(config), service)
-            return cls(evaluation, execution, measurers, owns)
+            return cls(CandidateEvaluation.open(config, service, load_inputs), execution, measurers, owns)
         except BaseException:
             if owns:
                 ray.shutdown()
             raise
 
-    def evaluate(self, candidates: list[tuple[int, ArchSpec]], standing: Callable[[], Standing],
+    def evaluate(self, candidates: Iterator[tuple[int, ArchSpec]], standing: Callable[[], Standing],
                  on_phase: OnPhase) -> Iterator[tuple[int, CandidateOutcome]]:
-        queue = collections.deque(candidates)
+        feed: Iterator[tuple[int, ArchSpec]] | None = candidates  # None once it has given all
         plans: dict[int, Plan] = {}
         waiting: dict[Any, tuple[int, Work, int | None]] = {}  # ref -> (candidate, work, phone index)
         finished: collections.deque[tuple[int, CandidateOutcome]] = collections.deque()
@@ -241,9 +243,13 @@ class RayEngine:
             ref, phone = self._submit(work, cid, on_phase)
             waiting[ref] = (cid, work, phone)
 
-        while queue or waiting or finished:
-            while queue and len(plans) < self.max_in_flight:
-                cid, arch = queue.popleft()
+        while feed is not None or waiting or finished:
+            while feed is not None and len(plans) < self.max_in_flight:
+                taken = next(feed, None)
+                if taken is None:
+                    feed = None
+                    break
+                cid, arch = taken
                 plans[cid] = self.evaluation.plan(arch, standing)
                 advance(cid, next)
             while finished:
@@ -265,16 +271,24 @@ class RayEngine:
         self._in_flight = []
 
     def _submit(self, work: Work, cid: int, on_phase: OnPhase) -> tuple[Any, int | None]:
-        cfg = self.evaluation.config
         if isinstance(work, Train):
             on_phase(cid, "training")
-            return self.train.remote(work.arch, self.data_ref, self.logits_ref, cfg.proxy, cfg.reward, cfg.seed,
-                                     self.execution.torch_device, TRAIN_THREADS), None
+            return self._train(work.arch), None
         assert isinstance(work, Measure)
         on_phase(cid, "exporting")
         phone = min(range(len(self.measurers)), key=self._load.__getitem__)
         self._load[phone] += 1
-        return self.measurers[phone](_export.remote(work.arch, cfg.fmt)), phone
+        return self.measurers[phone](self._export(work.arch)), phone
+
+    def _train(self, arch: ArchSpec) -> Any:
+        """A training task for `arch`: its reference."""
+        cfg = self.evaluation.config
+        return self.train.remote(arch, self.data_ref, self.logits_ref, cfg.proxy, cfg.reward, cfg.seed,
+                                 self.execution.torch_device, TRAIN_THREADS)
+
+    def _export(self, arch: ArchSpec) -> Any:
+        """An export task for `arch`: the reference of its `Shipped` model."""
+        return _export.remote(arch, self.evaluation.config.fmt)
 
     def _answer(self, work: Work, value: Any) -> Any:
         if isinstance(work, Train):
@@ -323,7 +337,11 @@ def _connect(address: str, phone_resources: list[str]) -> bool:
             try:
                 ray.init(address=address, **options)
             except ConnectionError as exc:
-                raise ClusterError(f"no Ray cluster answers at {address}: {' '.join(str(exc).split())}") from None
+                hint = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
+                    "; if it uses token authentication (`ray start --head` turns it on since Ray 2.59), set "
+                    "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+                raise ClusterError(f"the Ray cluster at {address} did not take this driver: "
+                                   f"{' '.join(str(exc).split())}{hint}") from None
     try:
         _check_phones(phone_resources, f"the Ray cluster at {address}")
     except BaseException:
@@ -372,8 +390,7 @@ def _place(phones: dict[str | None, Profile], settings: MeasureSettings
             measurers.append(lambda shipped, m=measure, p=profile: m.remote(p, settings, shipped))
             info_refs["local"] = _host_info.options(num_cpus=0, scheduling_strategy=here).remote(profile)
             continue
-        actor = Phone.options(resources={resource: 1}, max_restarts=PHONE_RESTARTS,
-                              max_task_retries=PHONE_RESTARTS).remote(profile, settings)
+        actor = Phone.options(resources={resource: 1}, **PHONE_ACTOR_OPTIONS).remote(profile, settings)
         measurers.append(actor.measure.remote)
         info_refs[resource] = actor.info.remote()
     infos = {}

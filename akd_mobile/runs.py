@@ -143,6 +143,25 @@ class CandidateOutcome:
     latency_model_id: int | None = None
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The strategy's state after update `step` (serialized with torch), and the controller's
+    seconds since the last checkpoint."""
+
+    step: int
+    state: dict[str, Any]
+    controller_s: float = 0.0
+
+
+def _write_checkpoint(conn: Any, run_id: int, checkpoint: Checkpoint) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(checkpoint.state, buf)
+    conn.execute("UPDATE runs SET step = ?, strategy_state = ?, controller_s = controller_s + ?, updated_at = ? "
+                 "WHERE id = ?", (checkpoint.step, buf.getvalue(), checkpoint.controller_s, time.time(), run_id))
+
+
 class RunStore:
     """Runs and candidates in an open latency database (each write one transaction)."""
 
@@ -230,30 +249,26 @@ class RunStore:
             return step, None
         return step, torch.load(io.BytesIO(blob), weights_only=True)
 
-    def checkpoint(self, run_id: int, step: int, state: dict[str, Any], controller_s: float = 0.0) -> None:
-        """Store the strategy state after update `step`, adding the controller's time."""
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
+    def checkpoint(self, run_id: int, checkpoint: Checkpoint) -> None:
+        """Store the strategy's state after update `checkpoint.step`, adding the controller's time."""
         with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE runs SET step = ?, strategy_state = ?, controller_s = controller_s + ?, updated_at = ? "
-                "WHERE id = ?",
-                (step, buf.getvalue(), controller_s, time.time(), run_id),
-            )
+            _write_checkpoint(conn, run_id, checkpoint)
 
-    def add_pending(self, run_id: int, step: int, archs: list[tuple[str, str]]) -> None:
-        """Store a step's proposed (arch, key) pairs, all or none."""
+    def add_pending(self, run_id: int, step: int, archs: list[tuple[str, str]],
+                    checkpoint: Checkpoint | None = None) -> list[int]:
+        """Store a step's proposed (arch, key) pairs, all or none, with the strategy's state
+        after proposing them when given; returns their ids."""
         now = time.time()
         with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO candidates (run_id, step, slot, arch, arch_key, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                [(run_id, step, slot, arch, key, now) for slot, (arch, key) in enumerate(archs)],
-            )
+            ids = [conn.execute("INSERT INTO candidates (run_id, step, slot, arch, arch_key, status, created_at) "
+                                "VALUES (?, ?, ?, ?, ?, 'pending', ?)", (run_id, step, slot, arch, key, now)).lastrowid
+                   for slot, (arch, key) in enumerate(archs)]
+            if checkpoint is not None:
+                _write_checkpoint(conn, run_id, checkpoint)
+        return ids
 
-    def finish(self, candidate_id: int, outcome: CandidateOutcome) -> None:
+    def finish(self, candidate_id: int, outcome: CandidateOutcome, checkpoint: Checkpoint | None = None) -> None:
+        """Store a candidate's outcome, with the strategy's state after taking it in when given."""
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE candidates SET status = ?, accuracy = ?, latency_ms = ?, reward = ?, params = ?, macs = ?, "
@@ -279,6 +294,9 @@ class RunStore:
                     candidate_id,
                 ),
             )
+            if checkpoint is not None:
+                run_id = conn.execute("SELECT run_id FROM candidates WHERE id = ?", (candidate_id,)).fetchone()[0]
+                _write_checkpoint(conn, run_id, checkpoint)
 
     def candidates(self, run_id: int, step: int | None = None) -> list[CandidateRow]:
         """A run's candidates in order (one step's, when `step` is given)."""
@@ -297,6 +315,32 @@ class RunStore:
             (run_id, arch_key),
         )
         return CandidateRow(*rows[0]) if rows else None
+
+
+    def candidate(self, candidate_id: int) -> CandidateRow:
+        """One stored candidate."""
+        return CandidateRow(*self.db.read(f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE id = ?",
+                                          (candidate_id,))[0])
+
+    def finished_count(self, run_id: int) -> int:
+        """How many of a run's candidates are no longer pending."""
+        return self.db.read("SELECT count(*) FROM candidates WHERE run_id = ? AND status != 'pending'", (run_id,))[0][0]
+
+    def best_done(self, run_id: int) -> CandidateRow | None:
+        """A run's done candidate of the highest reward (the first stored, on a tie)."""
+        rows = self.db.read(f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? AND status = 'done' "
+                            "ORDER BY reward DESC, step, slot LIMIT 1", (run_id,))
+        return CandidateRow(*rows[0]) if rows else None
+
+    def top_rewards(self, run_id: int, count: int) -> tuple[float, ...]:
+        """The `count` highest rewards of a run's evaluated candidates (reuses left out), best first."""
+        return tuple(r for (r,) in self.db.read("SELECT reward FROM candidates WHERE run_id = ? AND status = 'done' "
+                                                "AND reused = 0 ORDER BY reward DESC LIMIT ?", (run_id, count)))
+
+    def best_accuracy_under(self, run_id: int, target_ms: float) -> float | None:
+        """The highest accuracy of a run's evaluated candidates within `target_ms`."""
+        return self.db.read("SELECT max(accuracy) FROM candidates WHERE run_id = ? AND status = 'done' AND reused = 0 "
+                            "AND latency_ms <= ?", (run_id, target_ms))[0][0]
 
 
 def best_first(candidates: list[CandidateRow], target_ms: float | None) -> list[CandidateRow]:

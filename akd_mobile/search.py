@@ -39,7 +39,7 @@ from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, Sear
                              stops_the_run)
 from akd_base.measurement import MeasureSettings
 from akd_mobile.reward import CONSTRAINTS, RewardConfig, mnas_reward
-from akd_mobile.runs import CandidateOutcome, CandidateRow, LeaseLost, RunLease, RunStore
+from akd_mobile.runs import CandidateOutcome, CandidateRow, Checkpoint, LeaseLost, RunLease, RunStore
 from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
 from akd_mobile.space import ArchSpec, SearchSpace, get_space
 
@@ -368,29 +368,59 @@ def _run(config: SearchConfig, engine: Engine, store: RunStore, run_id: int,
     if state is not None:
         strategy.load_state_dict(state)
     store.set_status(run_id, "running")
-    _loop(config, store, run_id, step, strategy, engine, on_progress or (lambda progress: None), lease)
+    recorder = _Recorder(config, store, run_id, lease, on_progress or (lambda progress: None))
+    (_steady_state if strategy.steady_state else _batches)(recorder, step, strategy, engine)
 
 
-def _loop(config: SearchConfig, store: RunStore, run_id: int, step: int, strategy: Any, engine: Engine,
-          report: Callable[[Progress], None], lease: RunLease) -> None:
-    space = engine.evaluation.space
-    failures_in_a_row = 0
+class _Recorder:
+    """Stores each finished candidate, stops the run after too many failures in a row, and
+    reports progress (read from the database with a few indexed queries, not every row)."""
 
-    def finish(candidate_id: int, outcome: CandidateOutcome) -> None:
-        nonlocal failures_in_a_row
-        lease.check()
-        store.finish(candidate_id, outcome)
-        failures_in_a_row = failures_in_a_row + 1 if outcome.status == "failed" else 0
-        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise SearchError(f"{failures_in_a_row} candidates in a row failed, the last with: {outcome.error}; "
+    def __init__(self, config: SearchConfig, store: RunStore, run_id: int, lease: RunLease,
+                 report: Callable[[Progress], None]) -> None:
+        self.config = config
+        self.store = store
+        self.run_id = run_id
+        self.lease = lease
+        self.report = report
+        self.step = 0  # the latest step proposed, as progress shows it
+        self.failures_in_a_row = 0
+
+    def finish(self, candidate_id: int, outcome: CandidateOutcome, checkpoint: Checkpoint | None = None) -> None:
+        self.lease.check()
+        self.store.finish(candidate_id, outcome, checkpoint)
+        self.failures_in_a_row = self.failures_in_a_row + 1 if outcome.status == "failed" else 0
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise SearchError(f"{self.failures_in_a_row} candidates in a row failed, the last with: {outcome.error}; "
                               "fix the cause")
-        report(_progress(store, run_id, step, config.budget, candidate_id))
+        self.report(self.progress(self.store.candidate(candidate_id)))
 
+    def progress(self, last: CandidateRow | None) -> Progress:
+        return Progress(self.run_id, self.step, self.store.finished_count(self.run_id), self.config.budget,
+                        self.store.best_done(self.run_id), last)
+
+    def phase(self, phase: str, arch: ArchSpec) -> None:
+        self.report(dataclasses.replace(self.progress(None), phase=phase, current=arch.key))
+
+    def standing(self) -> Standing:
+        """Where the run stands: its best rewards (each architecture once) and its best
+        accuracy under the target."""
+        target = self.config.target_ms
+        return Standing(self.store.top_rewards(self.run_id, TOP_MEASURED),
+                        None if target is None else self.store.best_accuracy_under(self.run_id, target))
+
+
+def _batches(rec: _Recorder, step: int, strategy: Any, engine: Engine) -> None:
+    """A batch at a time: propose it, store it, evaluate it, update the strategy on it and
+    checkpoint; a resume re-reads the stored batch and evaluates only its pending candidates."""
+    config, store, run_id = rec.config, rec.store, rec.run_id
+    space = engine.evaluation.space
     while True:
         remaining = config.budget - sum(1 for r in store.candidates(run_id) if r.step <= step)
         if remaining <= 0:
             return
         step += 1
+        rec.step = step
         tick = time.perf_counter()
         proposed = strategy.propose(min(config.batch, remaining))
         controller_s = time.perf_counter() - tick
@@ -401,33 +431,93 @@ def _loop(config: SearchConfig, store: RunStore, run_id: int, step: int, strateg
         elif [r.arch for r in stored] != [a.canonical for a in proposed]:
             log.warning("run %d step %d: stored candidates differ from a fresh proposal; using the stored", run_id, step)
         pending = [(r.id, space.decode(r.arch)) for r in stored if r.status == "pending"]
-        keys = dict(pending)
+        archs = dict(pending)
         while pending:  # an architecture twice in a step: evaluated once, the other reuses it
             fresh: list[tuple[int, ArchSpec]] = []
             later = []
             for candidate_id, arch in pending:
                 earlier = store.done_with_key(run_id, arch.key)
                 if earlier:
-                    finish(candidate_id, _reuse(earlier))
+                    rec.finish(candidate_id, _reuse(earlier))
                 elif any(a.key == arch.key for _, a in fresh):
                     later.append((candidate_id, arch))
                 else:
                     fresh.append((candidate_id, arch))
-
-            def on_phase(candidate_id: int, phase: str) -> None:
-                report(dataclasses.replace(_progress(store, run_id, step, config.budget, None), phase=phase,
-                                           current=keys[candidate_id].key))
-
-            for candidate_id, outcome in engine.evaluate(fresh, lambda: _standing(store, run_id, config), on_phase):
-                finish(candidate_id, outcome)
+            for candidate_id, outcome in engine.evaluate(iter(fresh), rec.standing,
+                                                         lambda cid, phase: rec.phase(phase, archs[cid])):
+                rec.finish(candidate_id, outcome)
             pending = later
         rows = store.candidates(run_id, step)
         tick = time.perf_counter()
-        strategy.update([space.decode(r.arch) for r in rows],
-                        [r.reward if r.status in ("done", "skipped") else None for r in rows])
+        strategy.update([space.decode(r.arch) for r in rows], [_learned(r.status, r.reward) for r in rows])
         controller_s += time.perf_counter() - tick
-        lease.check()
-        store.checkpoint(run_id, step, strategy.state_dict(), controller_s)
+        rec.lease.check()
+        store.checkpoint(run_id, Checkpoint(step, strategy.state_dict(), controller_s))
+
+
+def _steady_state(rec: _Recorder, step: int, strategy: Any, engine: Engine) -> None:
+    """A child at a time, whenever the engine has room for one: each step is one candidate,
+    stored with the strategy's state after proposing it, and each finished candidate is
+    stored with the state after learning from it (one transaction each), so a resume takes
+    up exactly where the run stood and evaluates only the pending candidates. Children are
+    proposed as workers free, so on several workers the run depends on which finishes first."""
+    config, store, run_id = rec.config, rec.store, rec.run_id
+    space = engine.evaluation.space
+    rows = store.candidates(run_id)
+    rec.step = max([step] + [r.step for r in rows])
+    unfinished = [r for r in rows if r.step > step]  # the batch a run begun a batch at a time stopped in
+    if unfinished:
+        strategy.propose(len(unfinished))  # proposed again, so the strategy stands past it
+        late = [r for r in unfinished if r.status != "pending"]
+        strategy.update([space.decode(r.arch) for r in late], [_learned(r.status, r.reward) for r in late])
+        store.checkpoint(run_id, Checkpoint(rec.step, strategy.state_dict()))
+    proposed = len(rows)
+    arch_of: dict[int, ArchSpec] = {}  # candidate being evaluated -> its architecture
+    evaluating: dict[str, int] = {}  # architecture key -> the candidate evaluating it
+    twins: dict[int, list[int]] = {}  # candidate being evaluated -> candidates of its architecture waiting
+
+    def take_in(candidate_id: int, arch: ArchSpec, outcome: CandidateOutcome) -> None:
+        tick = time.perf_counter()
+        strategy.update([arch], [_learned(outcome.status, outcome.reward)])
+        rec.finish(candidate_id, outcome, Checkpoint(rec.step, strategy.state_dict(), time.perf_counter() - tick))
+
+    def offer(candidate_id: int, arch: ArchSpec) -> Iterator[tuple[int, ArchSpec]]:
+        earlier = store.done_with_key(run_id, arch.key)
+        if earlier:
+            take_in(candidate_id, arch, _reuse(earlier))
+        elif arch.key in evaluating:
+            twins[evaluating[arch.key]].append(candidate_id)
+        else:
+            evaluating[arch.key], arch_of[candidate_id], twins[candidate_id] = candidate_id, arch, []
+            yield candidate_id, arch
+
+    def feed() -> Iterator[tuple[int, ArchSpec]]:
+        nonlocal proposed
+        for r in rows:
+            if r.status == "pending":
+                yield from offer(r.id, space.decode(r.arch))
+        while proposed < config.budget:
+            tick = time.perf_counter()
+            [arch] = strategy.propose(1)
+            rec.step += 1
+            proposed += 1
+            [candidate_id] = store.add_pending(run_id, rec.step, [(arch.canonical, arch.key)],
+                                               Checkpoint(rec.step, strategy.state_dict(), time.perf_counter() - tick))
+            yield from offer(candidate_id, arch)
+
+    for candidate_id, outcome in engine.evaluate(feed(), rec.standing,
+                                                 lambda cid, phase: rec.phase(phase, arch_of[cid])):
+        arch = arch_of.pop(candidate_id)
+        del evaluating[arch.key]
+        take_in(candidate_id, arch, outcome)
+        for twin in twins.pop(candidate_id):
+            take_in(twin, arch, _reuse(store.candidate(candidate_id)) if outcome.status == "done" else
+                    dataclasses.replace(outcome, reused=True, train_s=0.0, export_s=0.0, measure_s=0.0))
+
+
+def _learned(status: str, reward: float | None) -> float | None:
+    """The reward a strategy learns from a finished candidate: None for a failed one."""
+    return reward if status in ("done", "skipped") else None
 
 
 def _latency_sources(rows: list[CandidateRow]) -> dict[str, int]:
@@ -449,23 +539,6 @@ def _reuse(earlier: CandidateRow) -> CandidateOutcome:
         latency_source=earlier.latency_source, predicted_ms=earlier.predicted_ms,
         latency_model_id=earlier.latency_model_id,
     )
-
-
-def _standing(store: RunStore, run_id: int, config: SearchConfig) -> Standing:
-    """Where run `run_id` stands: its best rewards (each architecture once) and its best
-    accuracy under the target."""
-    done = [r for r in store.candidates(run_id) if r.status == "done" and not r.reused]
-    rewards = sorted((r.reward for r in done), reverse=True)[:TOP_MEASURED]
-    under = [r.accuracy for r in done if config.target_ms is not None and r.latency_ms <= config.target_ms]
-    return Standing(tuple(rewards), max(under, default=None))
-
-
-def _progress(store: RunStore, run_id: int, step: int, budget: int, last_id: int | None) -> Progress:
-    rows = [r for r in store.candidates(run_id) if r.status != "pending"]
-    done = [r for r in rows if r.status == "done"]
-    best = max(done, key=lambda r: r.reward) if done else None
-    last = next((r for r in rows if r.id == last_id), None)
-    return Progress(run_id, step, len(rows), budget, best, last)
 
 
 def summarize(store: RunStore, run_id: int, seconds: float | None = None) -> SearchSummary:

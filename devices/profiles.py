@@ -11,6 +11,8 @@ runs = 30                    # optional: how latencies are measured here (thread
 min_time_s = 3.0             #   min_time_s: akd_base.measurement.MeasureSettings and its defaults)
 phones = ["SERIAL1", "10.0.0.7:5555"]  # optional, adb only: several phones of this model (USB
                              #   serials or TCP addresses); a search on Ray measures on all of them
+ray = "10.0.0.5:6379"        # optional: a search on this device runs on this Ray cluster (or
+                             #   "auto"), as `search --ray` says; `--ray off` overrides it
 timeout_s = 120              # everything else is the backend's own settings
 ```
 
@@ -58,6 +60,8 @@ class Profile:
             `warmup`, `runs` and `min_time_s` over the defaults (commands' options go over these).
         phones: the USB serials or TCP addresses of several phones of this model (`adb`
             only; see `phone_profiles`), empty for one device.
+        ray: the Ray cluster a search on this device runs on (`auto` or a head's
+            `host:port`), None for in-process.
     """
 
     name: str
@@ -68,6 +72,7 @@ class Profile:
     target_ms: float | None = None
     measure: MeasureSettings = MeasureSettings()
     phones: tuple[str, ...] = ()
+    ray: str | None = None
 
     @property
     def argument(self) -> str:
@@ -117,10 +122,14 @@ def load_profile(name_or_path: str | Path) -> Profile:
         raise DeviceError(f"device profile {path}: phones must be a list of distinct USB serials or host:port addresses")
     if phones and backend != "adb":
         raise DeviceError(f"device profile {path}: phones is for the adb backend, not {backend}")
+    ray = data.pop("ray", None)
+    if ray is not None and not (isinstance(ray, str) and ray.strip()):
+        raise DeviceError(f'device profile {path}: ray must be "auto" or a Ray head\'s "host:port"')
     return Profile(
         name=path.stem, backend=backend, description=description, path=path,
         settings={k: v for k, v in data.items() if k not in PROFILE_KEYS},
         target_ms=float(target_ms) if target_ms is not None else None, measure=measure, phones=tuple(phones),
+        ray=ray,
     )
 
 

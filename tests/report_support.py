@@ -55,9 +55,6 @@ class FakeEvaluator:
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)
         self.count = 0
 
-    def prefetch(self, archs):
-        pass
-
     def close(self):
         pass
 

@@ -3,6 +3,7 @@ run by a sequential engine, and a helper that evaluates one candidate on a real 
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 from akd_mobile.latency_policy import Standing
@@ -15,9 +16,6 @@ class ClosedFormEvaluator:
     def __init__(self, config, inputs, db, device):
         self.space = inputs.space
 
-    def prefetch(self, archs):
-        pass
-
     def close(self):
         pass
 
@@ -29,17 +27,22 @@ class ClosedFormEvaluator:
 
 
 class EvaluatorEngine:
-    """An execution engine that runs a closed-form evaluator (`prefetch(archs)`,
-    `evaluate(arch, on_phase, standing)`) on one candidate after another."""
+    """An execution engine that runs a closed-form evaluator (`evaluate(arch, on_phase,
+    standing)`) on one candidate after another."""
 
     def __init__(self, evaluator, inputs):
         self.inner = evaluator
         self.evaluation = SimpleNamespace(space=inputs.space, inputs=inputs)
 
     def evaluate(self, candidates, standing, on_phase):
-        self.inner.prefetch([arch for _, arch in candidates])
-        for cid, arch in candidates:
+        """As the in-process engine: it holds the candidate it evaluates and the next."""
+        from akd_mobile.engines import IN_PROCESS_AHEAD
+
+        ahead = list(itertools.islice(candidates, IN_PROCESS_AHEAD))
+        while ahead:
+            cid, arch = ahead.pop(0)
             yield cid, self.inner.evaluate(arch, lambda phase, cid=cid: on_phase(cid, phase), standing())
+            ahead += itertools.islice(candidates, IN_PROCESS_AHEAD - len(ahead))
 
     def close(self):
         self.inner.close()
@@ -62,7 +65,7 @@ def engine_of(evaluator_class):
 
 def evaluate_one(engine, arch, standing=Standing()) -> CandidateOutcome:
     """`arch` evaluated alone on `engine`, the run standing at `standing`."""
-    [(_, outcome)] = list(engine.evaluate([(1, arch)], lambda: standing, lambda cid, phase: None))
+    [(_, outcome)] = list(engine.evaluate(iter([(1, arch)]), lambda: standing, lambda cid, phase: None))
     return outcome
 
 

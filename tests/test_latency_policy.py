@@ -115,8 +115,8 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
             reward = evaluation.reward_config
             exported: list[str] = []
             monkeypatch.setattr(engine.exporter, "submit", lambda batch: exported.extend(a.key for a in batch))
-            # the engine exports ahead (as it starts on its first candidate) only what is measured before training
-            next(engine.evaluate([(i, a) for i, a in enumerate(students)], Standing, lambda cid, phase: None))
+            # the engine exports ahead (the next candidate, while it trains one) only what is measured before training
+            list(engine.evaluate(iter(enumerate(students)), Standing, lambda cid, phase: None))
             assert exported == [a.key for a in students if skip_bound(p := evaluation.predictor.predict(a), reward, True)
                                 is None and measure_before_training(mode, p, reward, True)]
             assert bool(exported) == (mode == "hybrid")

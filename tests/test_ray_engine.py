@@ -73,6 +73,25 @@ def test_a_ray_address_where_no_cluster_answers_is_a_one_line_error(tmp_path, ad
     assert RunStore(open_db(tmp_path / "db.sqlite")).list_runs() == []  # refused before a run existed
 
 
+def test_a_device_profile_names_the_cluster_and_ray_off_overrides_it(tmp_path):
+    from devices_support import free_port
+
+    port = free_port()
+    profile = tmp_path / "farm.toml"
+    profile.write_text(f'backend = "local"\ntarget_ms = 0.25\nray = "127.0.0.1:{port}"\n')
+    db = tmp_path / "db.sqlite"
+    base = ["search", "--data", "digits", "--reward", "ce", "--device", str(profile), "--db", str(db)]
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 2 and f"no Ray cluster answers at 127.0.0.1:{port}" in _last_line(result)
+    result = CliRunner().invoke(cli, base + ["--ray", "off", "--budget", "1", "--batch", "1", "--proxy-steps", "5",
+                                             "--min-time", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r.status for r in RunStore(open_db(db)).candidates(1)] == ["done"]
+    profile.write_text('backend = "local"\nray = 6379\n')
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 2 and "ray must be \"auto\" or a Ray head's \"host:port\"" in _last_line(result)
+
+
 def test_a_phone_no_node_has_is_a_one_line_error(tmp_path, ray_cluster):
     from devices_support import make_key, profile_toml
 
@@ -197,3 +216,72 @@ def test_sigterm_stops_a_ray_search_resumably_and_a_resume_on_ray_finishes_it(tm
     assert result.exit_code == 0, result.output
     rows = RunStore(open_db(db)).candidates(1)
     assert [r.status for r in rows] == ["done"] * 4 and len({r.id for r in rows}) == 4
+
+
+@pytest.fixture()
+def ray_head():
+    """A Ray head that `ray start` began, as on a cluster: it outlives its drivers."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from devices_support import free_port
+
+    port = free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's default: token auth
+    env.update(RAY_worker_niceness="0", RAY_USAGE_STATS_ENABLED="0")
+    temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 characters
+    started = subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2",
+                              "--include-dashboard=false", f"--temp-dir={temp}"], env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_driver_killed_by_sigkill_resumes_on_the_cluster_with_each_candidate_once(tmp_path, ray_head):
+    """Steady-state evolution on a cluster that `ray start` began (with Ray's token
+    authentication, on by default); the driver dies mid-run (no handler runs); the cluster
+    stays up; `--resume` on it evaluates only the pending candidates."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "db.sqlite"
+    search = [sys.executable, "-m", "cli", "search", "--db", str(db), "--ray", ray_head]
+    first = search + ["--data", "digits", "--reward", "ce", "--budget", "6", "--strategy", "evolution",
+                      "--proxy-steps", "20", "--target-ms", "0.25", "--max-in-flight", "2"]
+    no_token = subprocess.run(first, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                              timeout=300)
+    assert no_token.returncode == 2 and "set RAY_AUTH_MODE=token" in no_token.stderr.strip().splitlines()[-1]
+    assert not db.exists() or RunStore(open_db(db)).list_runs() == []
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    proc = subprocess.Popen(first, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    done_before: dict[int, float] = {}
+    while time.monotonic() < deadline and proc.poll() is None and len(done_before) < 2:
+        time.sleep(0.2)
+        if db.exists():
+            with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db, timeout=5) as conn:
+                done_before = dict(conn.execute("SELECT id, finished_at FROM candidates WHERE status = 'done'"))
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    store = RunStore(open_db(db))
+    assert store.get_run(1).shown_status == "stale"
+    assert any(r.status == "pending" for r in store.candidates(1))
+    resumed = subprocess.run(search + ["--resume", "1", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = store.candidates(1)
+    assert [(r.step, r.slot, r.status) for r in rows] == [(s, 0, "done") for s in range(1, 7)]
+    assert all(r.finished_at == done_before[r.id] for r in rows if r.id in done_before), "evaluated again"
+    measured = [k for (k,) in open_db(db).read("SELECT arch_key FROM measurements")]
+    assert sorted(measured) == sorted({r.arch_key for r in rows})  # each architecture measured once

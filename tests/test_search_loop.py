@@ -25,16 +25,12 @@ class FakeEvaluator:
     """Accuracy and latency in closed form from the arch's cost; records what it evaluates."""
 
     calls: list[str] = []
-    prefetched: list[list[str]] = []
     fail_keys: set[str] = set()
     interrupt_at: int | None = None
 
     def __init__(self, config, inputs, db, device):
         self.space = SPACE
         self.reward_config = RewardConfig.constraint(config.constraint, config.target_ms)
-
-    def prefetch(self, archs):
-        type(self).prefetched.append([a.key for a in archs])
 
     def close(self):
         pass
@@ -57,7 +53,6 @@ class FakeEvaluator:
 @pytest.fixture
 def fake(monkeypatch):
     FakeEvaluator.calls = []
-    FakeEvaluator.prefetched = []
     FakeEvaluator.fail_keys = set()
     FakeEvaluator.interrupt_at = None
     monkeypatch.setattr(engines_module, "open_engine", engine_of(FakeEvaluator))
@@ -109,8 +104,12 @@ def test_many_failures_in_a_row_stop_the_search_resumably(fake, tmp_path, monkey
     assert run.status == "failed" and "phone gone" in run.reason
 
 
-def test_a_repeated_arch_is_reused_not_evaluated_again(fake, tmp_path, monkeypatch):
+@pytest.mark.parametrize("steady_state", [False, True])
+def test_a_repeated_arch_is_reused_not_evaluated_again(fake, tmp_path, monkeypatch, steady_state):
+    """In steady state the second candidate is proposed while the first is evaluated: it
+    waits for the first's outcome."""
     arch = SPACE.sample(__import__("random").Random(0))
+    monkeypatch.setattr(_Constant, "steady_state", steady_state)
     monkeypatch.setattr(search_module, "make_strategy", lambda name, space, seed: _Constant(arch))
     db = tmp_path / "db.sqlite"
     run_search(SearchConfig(budget=5, batch=2, target_ms=1.0), db)
@@ -122,6 +121,7 @@ def test_a_repeated_arch_is_reused_not_evaluated_again(fake, tmp_path, monkeypat
 
 class _Constant:
     name = "constant"
+    steady_state = False
 
     def __init__(self, arch):
         self.arch = arch
@@ -151,17 +151,77 @@ def test_interrupted_search_resumes_without_loss_or_repeats(fake, tmp_path):
     assert stopped.value.exit_code == 130
     before = {r.id: r.finished_at for r in rows(db, 1) if r.status == "done"}
     assert len(before) == 6 and RunStore(open_db(db)).get_run(1).status == "interrupted"
-    fake.prefetched = []
+    assert len(fake.calls) == 6
     summary = run_search(None, db, resume=1)
     after = rows(db, 1)
-    # the resumed step asks for exports of its two unfinished candidates only
-    assert fake.prefetched[0] == [r.arch_key for r in after if r.step == 2 and r.slot >= 2]
+    # the resumed step evaluates its two unfinished candidates first
+    assert fake.calls[6:8] == [r.arch_key for r in after if r.step == 2 and r.slot >= 2]
     assert [(r.step, r.slot, r.arch) for r in after] == expected
     assert all(r.status == "done" for r in after)
     assert all(after_row.finished_at == before[after_row.id] for after_row in after if after_row.id in before)
     assert len(fake.calls) == 10 and summary.evaluated == 10
     with pytest.raises(SearchError, match="has finished"):
         run_search(None, db, resume=1)
+
+
+STEADY = SearchConfig(budget=10, batch=4, target_ms=1.5, seed=3, strategy="evolution")
+
+
+def _population(db, run_id):
+    import torch
+
+    from akd_mobile.controller import EvolutionStrategy
+
+    strategy = EvolutionStrategy(SPACE)
+    strategy.load_state_dict(RunStore(open_db(db)).load_checkpoint(run_id)[1])
+    return sorted(reward for _, reward in strategy.population)
+
+
+def test_steady_state_evolution_learns_from_each_candidate_as_it_finishes(fake, tmp_path):
+    db = tmp_path / "db.sqlite"
+    finished_then: list[list[float]] = []  # the stored population after each candidate
+    summary = run_search(STEADY, db, on_progress=lambda p: p.last and finished_then.append(_population(db, 1)))
+    stored = rows(db, 1)
+    assert summary.status == "done" and [(r.step, r.slot) for r in stored] == [(s, 0) for s in range(1, 11)]
+    assert RunStore(open_db(db)).get_run(1).step == 10
+    by_finish = sorted(stored, key=lambda r: r.finished_at)
+    # each finished candidate was stored with the state that holds it, one transaction
+    assert finished_then == [sorted(r.reward for r in by_finish[:n]) for n in range(1, 11)]
+
+
+def test_steady_state_resumes_where_it_stood(fake, tmp_path):
+    straight = run_search(STEADY, tmp_path / "straight.sqlite")
+    expected = [(r.step, r.arch, r.reward) for r in rows(tmp_path / "straight.sqlite", straight.run_id)]
+    db = tmp_path / "db.sqlite"
+    fake.calls = []
+    fake.interrupt_at = 6  # the 7th evaluation is interrupted, the 8th proposed and pending
+    with pytest.raises(Interrupted):
+        run_search(STEADY, db)
+    before = {r.id: r.finished_at for r in rows(db, 1) if r.status == "done"}
+    assert len(before) == 6 and [r.status for r in rows(db, 1)][6:] == ["pending"] * 2
+    run_search(None, db, resume=1)
+    after = rows(db, 1)
+    assert [(r.step, r.arch, r.reward) for r in after] == expected  # in-process, the run does not depend on the stop
+    assert all(r.finished_at == before[r.id] for r in after if r.id in before) and len(fake.calls) == 10
+
+
+def test_a_run_begun_a_batch_at_a_time_resumes_in_steady_state(fake, tmp_path, monkeypatch):
+    """A run stored before evolution ran steady-state: the finished candidates of its
+    unfinished batch are learned from, the pending ones evaluated, the rest proposed singly."""
+    from akd_mobile.controller import EvolutionStrategy
+
+    db = tmp_path / "db.sqlite"
+    monkeypatch.setattr(EvolutionStrategy, "steady_state", False)
+    fake.interrupt_at = 3  # batch 1 of 4: three finished, one pending
+    with pytest.raises(Interrupted):
+        run_search(STEADY, db)
+    assert RunStore(open_db(db)).get_run(1).step == 0
+    monkeypatch.setattr(EvolutionStrategy, "steady_state", True)
+    run_search(None, db, resume=1)
+    stored = rows(db, 1)
+    assert [(r.step, r.slot) for r in stored] == [(1, k) for k in range(4)] + [(s, 0) for s in range(2, 8)]
+    assert all(r.status == "done" for r in stored) and len(fake.calls) == 10, [(r.arch_key, r.reused) for r in stored]
+    assert _population(db, 1) == sorted(r.reward for r in stored)
 
 
 def test_unknown_run_and_bad_config(fake, tmp_path):
