@@ -230,7 +230,7 @@ def augment_option(f):
               help="Evaluate on Ray: auto (the cluster `ray start` began here, else a new local one) or a head's "
                    "address; off: in-process (default: the device profile's `ray`, else in-process).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
-              help="Candidates evaluated at once on Ray (default: two per training slot).")
+              help="Candidates evaluated at once on Ray (default: four per training slot).")
 @click.option("--torch-device", default="cpu", show_default=True, help="Where proxy training runs: cpu or cuda.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep an HTML report of the run in this folder, rewritten as the search goes (open its index.html).")

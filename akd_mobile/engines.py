@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from akd_mobile.evaluation import CandidateEvaluation, Measure, MeasureDone, Train, Work, run_plan
+from akd_mobile.evaluation import CandidateEvaluation, Measure, MeasureAndTrain, MeasureDone, Train, Work, run_plan
 from akd_mobile.latency_policy import Standing
 from akd_mobile.runs import CandidateOutcome
 from akd_mobile.space import ArchSpec
@@ -55,7 +55,8 @@ class Execution:
         ray: `auto` (a Ray instance on this machine: the one `ray start` began, else a new
             one) or the address of a Ray cluster's head (`host:port`); `off` for in-process;
             None for what the device profile says (its `ray` key), else in-process.
-        max_in_flight: candidates evaluated at once on Ray (None: two per worker CPU).
+        max_in_flight: candidates evaluated at once on Ray (None: `IN_FLIGHT_PER_SLOT` per
+            training slot, see `akd_mobile.ray_engine`).
         torch_device: where proxy training runs: `cpu` or `cuda` (on Ray, a training task
             then asks for one GPU).
     """
@@ -117,6 +118,8 @@ class InProcessEngine:
             take()
 
     def _do(self, work: Work, cid: int, on_phase: OnPhase) -> Any:
+        if isinstance(work, MeasureAndTrain):  # in turn: a failed export is not trained
+            return self._do(Measure(work.arch), cid, on_phase), self._do(Train(work.arch), cid, on_phase)
         if isinstance(work, Train):
             from akd_mobile.distill import proxy_score
 

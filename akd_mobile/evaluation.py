@@ -4,7 +4,7 @@ A candidate's evaluation decides, from the latency database, the device's latenc
 and where the run stands (`akd_mobile.latency_policy`), whether its latency is measured
 before its proxy training, after it, or predicted, and whether it is trained at all. That
 logic is one generator, `CandidateEvaluation.plan`: it yields units of work (`Measure`,
-`Train`), is sent each one's answer (or thrown its error) and returns the candidate's
+`Train`, or `MeasureAndTrain`, which an engine may run at once), is sent each one's answer (or thrown its error) and returns the candidate's
 `CandidateOutcome`. The engines (`akd_mobile.engines`: in-process; `akd_mobile.ray_engine`:
 on a Ray cluster) only run the work, so both evaluate a candidate the same way.
 
@@ -59,7 +59,16 @@ class Train:
     arch: ArchSpec
 
 
-Work = Union[Measure, Train]
+@dataclass(frozen=True)
+class MeasureAndTrain:
+    """Work: both of the above, which an engine may run at once; answered with the pair
+    (`MeasureDone`, `ProxyResult`). The measurement's error comes first: a candidate that
+    does not export needs no score (in-process, it is then not trained at all)."""
+
+    arch: ArchSpec
+
+
+Work = Union[Measure, Train, MeasureAndTrain]
 Plan = Generator[Work, Any, CandidateOutcome]
 
 
@@ -87,7 +96,7 @@ class CandidateEvaluation:
         return cls(config, load_inputs(config), service)
 
     def measured_first(self, archs: list[ArchSpec]) -> list[ArchSpec]:
-        """Those of `archs` whose plans start with a `Measure`: the database does not hold
+        """Those of `archs` whose plans start with a measurement: the database does not hold
         them (and, with a latency model, their prediction will not stand); an engine may
         export them ahead."""
         misses = [a for a in archs if self.service.lookup(a) is None]
@@ -105,9 +114,10 @@ class CandidateEvaluation:
                 and measure_before_training(self.config.latency, prediction, self.reward_config, self.hard))
 
     def plan(self, arch: ArchSpec, standing: Callable[[], Standing] = Standing) -> Plan:
-        """The evaluation of `arch`: latency first (a database hit costs nothing, an export
-        failure skips training), then the proxy accuracy; `standing` says where the run
-        stands when the plan asks (after the training)."""
+        """The evaluation of `arch`: its latency (a database hit costs nothing; a measurement
+        goes with the proxy training, see `MeasureAndTrain`) and its proxy accuracy; with a
+        latency model, the latency may be predicted or measured after the training, which
+        `standing` (where the run stands then) decides."""
         cost = self.space.cost(arch)
         spent = {"export_s": 0.0, "measure_s": 0.0, "train_s": 0.0}
         prediction = None
@@ -125,11 +135,13 @@ class CandidateEvaluation:
                         error=f"not trained: predicted {prediction.median_ms:.3f} ms (+-{prediction.band:.0%}), so "
                               f"its reward under the hard {cfg.target_ms:g} ms target is at most {bound:.3f}",
                     )
-                if measure_before_training(cfg.latency, prediction, self.reward_config, self.hard):
-                    lat = yield from self._measure(arch, spent)
-            elif lat is None:
-                lat = yield from self._measure(arch, spent)
-            score: ProxyResult = yield Train(arch)
+            score: ProxyResult
+            if lat is None and (prediction is None or measure_before_training(cfg.latency, prediction,
+                                                                             self.reward_config, self.hard)):
+                measured, score = yield MeasureAndTrain(arch)
+                lat = _spent_on(measured, spent)
+            else:
+                score = yield Train(arch)
             spent["train_s"] = score.train_s + score.eval_s
             if lat is None and measure_after_training(prediction, score.accuracy, self.reward_config, standing()):  # type: ignore[arg-type]
                 lat = yield from self._measure(arch, spent)
@@ -149,10 +161,14 @@ class CandidateEvaluation:
         )
 
     def _measure(self, arch: ArchSpec, spent: dict[str, float]) -> Generator[Work, Any, LatencyOutcome]:
-        done: MeasureDone = yield Measure(arch)
-        spent["export_s"] += done.export_s
-        spent["measure_s"] += done.measure_s
-        return done.latency
+        return _spent_on((yield Measure(arch)), spent)
+
+
+def _spent_on(done: MeasureDone, spent: dict[str, float]) -> LatencyOutcome:
+    """The measurement's latency, its seconds added to `spent`."""
+    spent["export_s"] += done.export_s
+    spent["measure_s"] += done.measure_s
+    return done.latency
 
 
 def run_plan(plan: Plan, do: Callable[[Work], Any]) -> CandidateOutcome:

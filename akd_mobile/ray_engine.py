@@ -13,7 +13,9 @@ and writes SQLite.
 - The `local` device (this host's CPU) is no phone: its measurement is a task on the
   driver's node that asks for all of that node's CPUs, so that no training runs beside it.
 - Candidates are pipelined: up to `max_in_flight` evaluations at once, each advanced by its
-  plan (`akd_mobile.evaluation`) as its work finishes (`ray.wait`).
+  plan (`akd_mobile.evaluation`) as its work finishes (`ray.wait`). A candidate measured
+  before its training is exported, measured and trained at once; if its export fails, its
+  training is cancelled.
 
 Faults: Ray retries a task whose worker or node died (an export and a training are
 idempotent: the export cache and the seeded training give the same answer again) and
@@ -48,7 +50,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from akd_base.errors import ClusterError, DeviceError, HostError
 from akd_base.measurement import DeviceInfo, Measured, MeasureSettings
 from akd_mobile.engines import TRAIN_THREADS, Execution, OnPhase
-from akd_mobile.evaluation import CandidateEvaluation, Measure, MeasureDone, Plan, Train, Work
+from akd_mobile.evaluation import CandidateEvaluation, Measure, MeasureAndTrain, MeasureDone, Plan, Train, Work
 from akd_mobile.latency_policy import Standing
 from akd_mobile.runs import CandidateOutcome
 from akd_mobile.space import ArchSpec
@@ -61,6 +63,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Candidates in flight per training slot (CPUs / TRAIN_THREADS, or GPUs) by default: enough
+# that exports, phones and trainings all stay busy while candidates wait on each other
+# (docs/ray.md, the simulated cluster); each holds at most one exported model in the
+# object store.
+IN_FLIGHT_PER_SLOT = 4
 CONNECT_TIMEOUT_S = 5.0  # how long an address may take to accept a connection
 PHONE_RESTARTS = 3  # a phone actor that dies is restarted (and its measurement retried) this often
 # A phone actor: restarted (its measurement retried) when it dies, and measuring the models
@@ -96,6 +103,23 @@ class PhoneMeasurement:
     artifact: Artifact
     path: str
     export_s: float
+
+
+@dataclass
+class _Running:
+    """A candidate's work in flight: its references (each a `measure` or a `train` part), the
+    answers of those done, and the phone measuring it."""
+
+    work: Work
+    parts: dict[Any, str]
+    phone: int | None
+    answers: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def answer(self) -> Any:
+        """What the plan is sent once every part is done."""
+        if isinstance(self.work, MeasureAndTrain):
+            return self.answers["measure"], self.answers["train"]
+        return self.answers["measure" if isinstance(self.work, Measure) else "train"]
 
 
 @ray.remote(num_cpus=1)
@@ -187,7 +211,7 @@ class RayEngine:
         gpu = execution.torch_device.startswith("cuda")
         self.train = _train.options(num_cpus=TRAIN_THREADS, num_gpus=1 if gpu else 0, max_retries=3)
         slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 0) // (1 if gpu else TRAIN_THREADS))
-        self.max_in_flight = execution.max_in_flight or max(2, 2 * slots)
+        self.max_in_flight = execution.max_in_flight or IN_FLIGHT_PER_SLOT * max(1, slots)
         self._in_flight: list[Any] = []
         self._load = [0] * len(measurers)
 
@@ -230,7 +254,8 @@ class RayEngine:
                  on_phase: OnPhase) -> Iterator[tuple[int, CandidateOutcome]]:
         feed: Iterator[tuple[int, ArchSpec]] | None = candidates  # None once it has given all
         plans: dict[int, Plan] = {}
-        waiting: dict[Any, tuple[int, Work, int | None]] = {}  # ref -> (candidate, work, phone index)
+        running: dict[int, _Running] = {}  # candidate -> its work in flight
+        owner: dict[Any, int] = {}  # reference in flight -> its candidate
         finished: collections.deque[tuple[int, CandidateOutcome]] = collections.deque()
 
         def advance(cid: int, move: Callable[[Plan], Work]) -> None:
@@ -240,10 +265,10 @@ class RayEngine:
                 del plans[cid]
                 finished.append((cid, stop.value))
                 return
-            ref, phone = self._submit(work, cid, on_phase)
-            waiting[ref] = (cid, work, phone)
+            running[cid] = self._submit(work, cid, on_phase)
+            owner.update((ref, cid) for ref in running[cid].parts)
 
-        while feed is not None or waiting or finished:
+        while feed is not None or owner or finished:
             while feed is not None and len(plans) < self.max_in_flight:
                 taken = next(feed, None)
                 if taken is None:
@@ -254,31 +279,48 @@ class RayEngine:
                 advance(cid, next)
             while finished:
                 yield finished.popleft()
-            if not waiting:
+            if not owner:
                 continue
-            self._in_flight = list(waiting)
+            self._in_flight = list(owner)
             [ref], _ = ray.wait(self._in_flight, num_returns=1)
-            cid, work, phone = waiting.pop(ref)
-            if phone is not None:
-                self._load[phone] -= 1
+            cid = owner.pop(ref)
+            run = running[cid]
+            part = self._settled(run, ref)
             try:
-                answer = self._answer(work, ray.get(ref))
+                run.answers[part] = self._received(part, ray.get(ref), run.work.arch)
             except Exception as exc:  # noqa: BLE001 - the plan decides: the candidate failed, or the run stops
-                error = _unwrapped(exc)
-                advance(cid, lambda plan, error=error: plan.throw(error))
-            else:
-                advance(cid, lambda plan, answer=answer: plan.send(answer))
+                for other in [r for r in run.parts if r in owner]:  # its other half is not needed now
+                    del owner[other]
+                    self._settled(run, other)
+                    ray.cancel(other, force=False)
+                del running[cid]
+                advance(cid, lambda plan, error=_unwrapped(exc): plan.throw(error))
+                continue
+            if len(run.answers) == len(run.parts):
+                del running[cid]
+                advance(cid, lambda plan, answer=run.answer(): plan.send(answer))
         self._in_flight = []
 
-    def _submit(self, work: Work, cid: int, on_phase: OnPhase) -> tuple[Any, int | None]:
-        if isinstance(work, Train):
+    def _submit(self, work: Work, cid: int, on_phase: OnPhase) -> _Running:
+        """Start `work`: a training, a measurement (an export, then the least busy phone), or both at once."""
+        parts: dict[Any, str] = {}
+        phone = None
+        if isinstance(work, (Measure, MeasureAndTrain)):
+            on_phase(cid, "exporting")
+            phone = min(range(len(self.measurers)), key=self._load.__getitem__)
+            self._load[phone] += 1
+            parts[self.measurers[phone](self._export(work.arch))] = "measure"
+        if isinstance(work, (Train, MeasureAndTrain)):
             on_phase(cid, "training")
-            return self._train(work.arch), None
-        assert isinstance(work, Measure)
-        on_phase(cid, "exporting")
-        phone = min(range(len(self.measurers)), key=self._load.__getitem__)
-        self._load[phone] += 1
-        return self.measurers[phone](self._export(work.arch)), phone
+            parts[self._train(work.arch)] = "train"
+        return _Running(work, parts, phone)
+
+    def _settled(self, run: _Running, ref: Any) -> str:
+        """The part `ref` is of `run`; a measurement's phone has one less to do."""
+        part = run.parts[ref]
+        if part == "measure" and run.phone is not None:
+            self._load[run.phone] -= 1
+        return part
 
     def _train(self, arch: ArchSpec) -> Any:
         """A training task for `arch`: its reference."""
@@ -290,12 +332,14 @@ class RayEngine:
         """An export task for `arch`: the reference of its `Shipped` model."""
         return _export.remote(arch, self.evaluation.config.fmt)
 
-    def _answer(self, work: Work, value: Any) -> Any:
-        if isinstance(work, Train):
+    def _received(self, part: str, value: Any, arch: ArchSpec) -> Any:
+        """A part's answer for the plan: a training's score, or a measurement stored at once
+        (kept even if the candidate's training then fails)."""
+        if part == "train":
             return value
-        assert isinstance(work, Measure) and isinstance(value, PhoneMeasurement)
+        assert isinstance(value, PhoneMeasurement)
         service: LatencyService = self.evaluation.service
-        new = service.new_measurement(value.measured, Path(value.path), value.artifact, work.arch.key, value.export_s,
+        new = service.new_measurement(value.measured, Path(value.path), value.artifact, arch.key, value.export_s,
                                       value.measure_s)
         return MeasureDone(service.store(new), value.export_s, value.measure_s)
 

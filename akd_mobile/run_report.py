@@ -376,7 +376,8 @@ def _reward(fig: Any, views: list[RunView]) -> None:
             steps: dict[int, list[tuple[int, float]]] = {}
             for i, c in done:
                 steps.setdefault(c.step, []).append((i, c.reward))
-            mids = [(sum(i for i, _ in pts) / len(pts), sum(r for _, r in pts) / len(pts)) for pts in steps.values()]
+            mids = [(sum(i for i, _ in pts) / len(pts), sum(r for _, r in pts) / len(pts)) for pts in steps.values()
+                    if len(pts) > 1]  # a steady-state run's steps are single candidates: no mean to draw
             ax.plot([m[0] for m in mids], [m[1] for m in mids], color=v.colour, ls="--", lw=1.2, marker="s",
                     markersize=4, zorder=3)
         if failed:
@@ -475,7 +476,8 @@ _CAPTIONS = {
     ),
     "reward": (
         "The reward of each candidate in the order the search evaluated them, the mean of each controller step "
-        "(one batch) and the best so far. A learning controller's step means rise; a random search's stay flat."
+        "(one batch; evolution learns from each candidate as it finishes, so its steps have no mean) and the best "
+        "so far. A learning controller's step means rise; a random search's stay flat."
     ),
     "time": (
         "Where each run's time went: proxy training of the candidates, waiting for exports (they run in the "

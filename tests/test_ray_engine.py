@@ -285,3 +285,45 @@ def test_a_driver_killed_by_sigkill_resumes_on_the_cluster_with_each_candidate_o
     assert all(r.finished_at == done_before[r.id] for r in rows if r.id in done_before), "evaluated again"
     measured = [k for (k,) in open_db(db).read("SELECT arch_key FROM measurements")]
     assert sorted(measured) == sorted({r.arch_key for r in rows})  # each architecture measured once
+
+
+def test_a_candidate_that_does_not_export_fails_and_its_training_is_cancelled(ray_cluster):
+    """Export, measurement and training run at once on Ray; a failed export fails the
+    candidate with its reason and cancels the training still running."""
+    from akd_base.errors import ExportError
+    from akd_mobile.evaluation import CandidateEvaluation
+    from akd_mobile.latency import LatencyService
+    from akd_mobile.ray_engine import RayEngine
+    from akd_mobile.search import SearchInputs
+    from akd_mobile.space import get_space
+    from devices.local import LocalDevice
+
+    @ray_cluster.remote(num_cpus=0)
+    def does_not_export():
+        raise ExportError("the converter cannot handle op X")
+
+    @ray_cluster.remote(num_cpus=0)
+    def trains_long():  # steps, as a training does: a cancel interrupts between them
+        for _ in range(3000):
+            time.sleep(0.1)
+
+    class NoExport(RayEngine):
+        trainings: list = []
+
+        def _train(self, arch):
+            self.trainings.append(trains_long.remote())
+            return self.trainings[-1]
+
+        def _export(self, arch):
+            return does_not_export.remote()
+
+    config = SearchConfig(reward="ce", target_ms=1.0, threads=1, warmup=0, runs=1, min_time_s=0.0)
+    space = get_space("mnasnet-small")
+    evaluation = CandidateEvaluation(config, SearchInputs(None, space, None, {}),
+                                     LatencyService(LocalDevice(), None, config.measure))
+    engine = NoExport(evaluation, Execution(ray="auto"), [lambda shipped: shipped], owns_ray=False)
+    arch = space.sample(__import__("random").Random(0))
+    [(cid, outcome)] = list(engine.evaluate(iter([(7, arch)]), lambda: None, lambda cid, phase: None))
+    assert cid == 7 and outcome.status == "failed" and outcome.error == "ExportError: the converter cannot handle op X"
+    with pytest.raises(ray_cluster.exceptions.TaskCancelledError):
+        ray_cluster.get(NoExport.trainings[0], timeout=60)
