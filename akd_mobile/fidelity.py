@@ -218,6 +218,7 @@ def analyze(study: Any, trainings: list[dict[str, Any]], resamples: int = RESAMP
         preds = {name: np.array([g(st) for st in complete]) for name, g in getters.items()}
         stats = compare(truth, preds, strata, ids, resamples, seed)
         report["predictors"] = [{"predictor": name, "seconds": predictor_cost[name], **s} for name, s in stats.items()]
+    report["kd_gain"] = _kd_gain(students, hashes, full, resamples, seed)
     report["teacher_dependence"] = _teacher_dependence(students, hashes, full, resamples, seed)
     report["convergence"] = [
         {"student": st.idx, "arch_key": st.arch_key, "epochs": E, "accuracy": full(st.idx),
@@ -235,6 +236,21 @@ def analyze(study: Any, trainings: list[dict[str, Any]], resamples: int = RESAMP
 def _student_row(st: Any, full: Callable[..., float | None]) -> dict[str, Any]:
     return {"student": st.idx, "arch_key": st.arch_key, "cost_bin": st.cost_bin, "macs": st.macs, "params": st.params,
             "full_kd": full(st.idx), "full_ce": full(st.idx, "ce")}
+
+
+def _kd_gain(students: list[Any], hashes: list[str], full: Callable[..., float | None],
+             resamples: int, seed: int) -> list[dict[str, Any]]:
+    """What distillation buys: full KD minus full CE accuracy of the same students, per teacher."""
+    out = []
+    for number, teacher in enumerate(hashes, 1):
+        both = [st for st in students if full(st.idx, teacher=teacher) is not None and full(st.idx, "ce") is not None]
+        if len(both) < 2:
+            continue
+        gain = 100 * np.array([full(st.idx, teacher=teacher) - full(st.idx, "ce") for st in both])
+        idx, _ = stratified_resamples(np.array([st.cost_bin for st in both]), resamples, seed)
+        out.append({"teacher": number, "n": len(both), "kd_better": int((gain > 0).sum()),
+                    "mean_points": _interval(gain[idx].mean(-1))})
+    return out
 
 
 def _teacher_dependence(students: list[Any], hashes: list[str], full: Callable[..., float | None],
@@ -298,6 +314,9 @@ def format_report(report: dict[str, Any]) -> str:
         ce = next((p for p in report["predictors"] if p["predictor"] == "full CE"), None)
         if ce is not None:
             lines.append(f"best KD student differs from best CE student in a bin: {_ci(ce['best_differs'])} of bins")
+    for g in report["kd_gain"]:
+        lines.append(f"full KD (teacher {g['teacher']}) minus full CE: {_ci(g['mean_points'])} points on average, "
+                     f"KD better for {g['kd_better']} of {g['n']} students")
     dep = report["teacher_dependence"]
     if "teachers" in dep:
         lines += ["", f"teacher 1 against teacher 2 (full KD, {dep['teachers']['n']} students): tau "

@@ -535,7 +535,7 @@ def check_teacher_fits(
     guessing that class scores: 1/K on balanced data, more on skewed data). The teacher
     needs `chance + FIT_MARGIN * (1 - chance)`: 0.19 for 10 balanced classes, 0.1009 for
     1000. That refuses only teachers that barely beat guessing, such as one trained on
-    another data set (the built-in Fashion-MNIST teacher scores about 0.10 on digits),
+    another data set (the built-in Fashion-MNIST teacher scores about 0.13 on digits),
     while a teacher trained even briefly on the data clears it (one epoch on digits:
     above 0.3). The accuracy is cached on disk by teacher hash and data set fingerprint,
     next to the logits cache, so a repeated run does not evaluate again.

@@ -11,7 +11,8 @@ its own copy of the model database and its own export cache, so no mode finds an
 measurements or exports; the order of the modes rotates from seed to seed (the host drifts).
 The best candidate under the target of a run that predicts is measured afterwards if it was
 predicted, and counts only if the measurement keeps it under the target. The figures replace
-the block between the markers in docs/latency-predictor.md. Measure on a quiet host.
+the block of the target (the profile's, or `--target-ms`) between the markers in
+docs/latency-predictor.md. Measure on a quiet host.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_support import cache_default_logits, fill_block  # noqa: E402
 
 DOC = ROOT / "docs" / "latency-predictor.md"
-START, END = "<!-- bench_hybrid_search:start -->", "<!-- bench_hybrid_search:end -->"
 
 
 def one_search(mode: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     command = (f".venv/bin/python benchmarks/bench_hybrid_search.py --modes {args.modes} --seeds {args.seeds} "
                f"--budget {args.budget} --constraint {args.constraint}"
                + (f" --target-ms {args.target_ms:g}" if args.target_ms else ""))
-    fill_block(DOC, START, END, _block(rows, modes, command))
+    block = f"bench_hybrid_search:target-{args.target_ms:g}" if args.target_ms else "bench_hybrid_search:profile-target"
+    fill_block(DOC, f"<!-- {block}:start -->", f"<!-- {block}:end -->", _block(rows, modes, command))
 
 
 def _block(rows: list[dict], modes: list[str], command: str) -> str:

@@ -21,7 +21,9 @@ wall time of the search). Its ceiling is what the slower side allows: the CPU wo
 the CPUs against the phone work spread over the phones. Driver CPU = the driver process's CPU
 time (all its threads) per candidate. Ray's workers are started before the clock (a warm
 cluster). The
-figures replace the block of the strategy between the markers in docs/ray.md.
+figures replace the block of the strategy and time scale between the markers in docs/ray.md.
+Host CPUs busy = the share of this machine's real CPU time not idle during the search
+(`/proc/stat`): near 100%, the simulation measures the host, not the scheduler.
 """
 
 from __future__ import annotations
@@ -125,6 +127,13 @@ class SimDevice:
         raise RuntimeError("measured by the phone actors")
 
 
+def host_cpu_times() -> tuple[int, int]:
+    """This host's busy and total CPU ticks since boot, all cores (Linux `/proc/stat`)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def run_once(phones: int, args: argparse.Namespace, work: Path) -> dict:
     """One search on a fresh simulated cluster with `phones` phones; its efficiency."""
     from ray.cluster_utils import Cluster
@@ -170,16 +179,17 @@ def run_once(phones: int, args: argparse.Namespace, work: Path) -> dict:
         config = SearchConfig(budget=args.budget, batch=args.batch, reward="ce", seed=0, strategy=args.strategy)
         with mock.patch.object(engines_module, "open_engine", open_sim), \
                 mock.patch.object(search_module, "load_inputs", lambda config: inputs):
-            start, cpu = time.perf_counter(), time.process_time()
+            start, cpu, host = time.perf_counter(), time.process_time(), host_cpu_times()
             summary = run_search(config, db, execution=Execution(ray="auto", max_in_flight=args.max_in_flight))
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            host_busy, host_all = (after - before for after, before in zip(host_cpu_times(), host))
         rows = RunStore(open_db(db)).candidates(summary.run_id)
         useful = sum(2 * r.train_s + r.export_s for r in rows if r.status == "done")
         phone_s = sum(r.measure_s for r in rows if r.status == "done")
         cpu_bound_s, phone_bound_s = useful / args.cpus, phone_s / phones
         return {"phones": phones, "candidates": len(rows), "wall_s": wall, "efficiency": useful / (args.cpus * wall),
                 "ceiling": cpu_bound_s / max(cpu_bound_s, phone_bound_s), "phone_busy": phone_s / (phones * wall),
-                "driver_ms": 1000 * cpu / len(rows)}
+                "driver_ms": 1000 * cpu / len(rows), "host_busy": host_busy / host_all}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -211,13 +221,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{load_before:.2f} before and {os.getloadavg()[0]:.2f} after.",
         "",
         "| phones | phones per 16 CPUs | candidates | wall s | scheduler efficiency | its ceiling | phones busy | "
-        "driver CPU ms per candidate |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "driver CPU ms per candidate | host CPUs busy |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [f"| {r['phones']} | {16 * r['phones'] / args.cpus:.2f} | {r['candidates']} | {r['wall_s']:.1f} | "
-              f"{r['efficiency']:.1%} | {r['ceiling']:.1%} | {r['phone_busy']:.1%} | {r['driver_ms']:.0f} |" for r in rows]
-    fill_block(DOC, f"<!-- bench_ray_scale:{args.strategy}:start -->", f"<!-- bench_ray_scale:{args.strategy}:end -->",
-               "\n".join(lines))
+              f"{r['efficiency']:.1%} | {r['ceiling']:.1%} | {r['phone_busy']:.1%} | {r['driver_ms']:.0f} | {r['host_busy']:.0%} |" for r in rows]
+    block = f"bench_ray_scale:{args.strategy}:scale-{args.time_scale:g}"
+    fill_block(DOC, f"<!-- {block}:start -->", f"<!-- {block}:end -->", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,20 @@ def test_the_report_of_a_study_ranks_a_faithful_proxy_and_names_its_cost():
     assert "KD proxy 20 x2 seeds" in text and "noise ceiling" in text
 
 
+def test_the_report_says_what_distillation_buys_over_labels_per_teacher():
+    study, rows = _synthetic_study(noise=1e-4)
+    for r in rows:  # teacher b's students 2 points below their CE accuracy, teacher a's exactly at the truth
+        if r["kind"] == "full" and r["mode"] == "kd" and r["teacher"] == "hb":
+            r["accuracy"] -= 0.02
+    report = analyze(study, rows, resamples=200)
+    gain = {g["teacher"]: g for g in report["kd_gain"]}
+    assert gain[1]["n"] == gain[2]["n"] == 8
+    assert gain[1]["mean_points"]["value"] == pytest.approx(0.0, abs=0.05)  # CE differs from the truth by noise 1e-4
+    assert gain[2]["mean_points"]["value"] == pytest.approx(-2.0, abs=0.05)
+    assert gain[2]["mean_points"]["high"] < 0 and gain[2]["kd_better"] == 0
+    assert "full KD (teacher 2) minus full CE: -2.0" in format_report(report)
+
+
 def test_a_noisy_proxy_ranks_worse_than_a_faithful_one():
     faithful = analyze(*_synthetic_study(noise=1e-4), resamples=100)
     noisy = analyze(*_synthetic_study(noise=0.3), resamples=100)
