@@ -103,6 +103,16 @@ def test_a_phone_no_node_has_is_a_one_line_error(tmp_path, ray_cluster):
     assert "ray start --address HEAD --resources '{\"phone:127.0.0.1:15999\": 1}'" in _last_line(result)
 
 
+def test_cuda_on_a_cluster_without_a_gpu_is_a_one_line_error(tmp_path, ray_cluster):
+    db = tmp_path / "db.sqlite"
+    result = CliRunner().invoke(cli, ["search", "--data", "digits", "--reward", "ce", "--db", str(db),
+                                      "--ray", "auto", "--torch-device", "cuda"])
+    assert result.exit_code == 2
+    assert _last_line(result) == ("error: --torch-device cuda asked for, but no node of the Ray cluster has a GPU; "
+                                  "use --torch-device cpu")
+    assert RunStore(open_db(db)).list_runs() == []  # refused before a run existed
+
+
 @pytest.mark.slow
 def test_a_kd_search_on_ray_stores_what_the_in_process_search_stores(tmp_path, digits_teacher):
     """Same seed, same candidates and scores; the second search reads the first's latencies."""
