@@ -37,7 +37,7 @@ from torch import nn
 
 from akd_mobile.data import Dataset
 from akd_base.errors import TeacherError
-from akd_base.files import default_cache_dir
+from akd_base.files import default_cache_dir, file_sha256
 from akd_mobile.malloc import retain_freed_memory
 
 log = logging.getLogger(__name__)
@@ -405,11 +405,7 @@ def _file_kind(path: Path) -> str:
 
 
 def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def _load_export(path: Path, spec: str) -> Teacher:

@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     command = (f".venv/bin/python benchmarks/bench_hybrid_search.py --modes {args.modes} --seeds {args.seeds} "
                f"--budget {args.budget} --constraint {args.constraint}"
                + (f" --target-ms {args.target_ms:g}" if args.target_ms else ""))
-    block = f"bench_hybrid_search:target-{args.target_ms:g}" if args.target_ms else "bench_hybrid_search:profile-target"
-    fill_block(DOC, f"<!-- {block}:start -->", f"<!-- {block}:end -->", _block(rows, modes, command))
+    name = f"bench_hybrid_search:target-{args.target_ms:g}" if args.target_ms else "bench_hybrid_search:profile-target"
+    fill_block(DOC, name, _block(rows, modes, command))
 
 
 def _block(rows: list[dict], modes: list[str], command: str) -> str:

@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_support import fill_block  # noqa: E402
+
 DOC = ROOT / "docs" / "latency-predictor.md"
 
 
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     _akd("latency", "export", "--csv", str(csv), "--without-samples", "--db", str(args.db))
     command = (f".venv/bin/python benchmarks/bench_latency_predictor.py --n {args.n} --repeat {args.repeat} "
                f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else ""))
-    _write_doc(args.fmt, _block(evaluation, command, load_before, load_after, sweep_s, csv))
+    fill_block(DOC, f"bench_latency_predictor:{args.fmt}",
+               _block(evaluation, command, load_before, load_after, sweep_s, csv))
 
 
 def _block(e: dict, command: str, load_before, load_after, sweep_s: float, csv: Path) -> str:
@@ -98,12 +102,6 @@ def _block(e: dict, command: str, load_before, load_after, sweep_s: float, csv: 
         f"{noise['within']}/{noise['trials']} = {noise['share']:.1%} within +-10% "
         f"(95% lower bound {noise['lower']:.1%}).")]
     return "\n".join(lines)
-
-
-def _write_doc(fmt: str, block: str) -> None:
-    start, end = f"<!-- bench_latency_predictor:{fmt}:start -->", f"<!-- bench_latency_predictor:{fmt}:end -->"
-    text = DOC.read_text()
-    DOC.write_text(text[: text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):])
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_support import cache_default_logits, fill_block  # noqa: E402
 
 DOC = ROOT / "docs" / "ray.md"
-START, END = "<!-- bench_ray_engine:start -->", "<!-- bench_ray_engine:end -->"
 ENGINES = ("in-process", "ray")
 
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
     command = (f".venv/bin/python benchmarks/bench_ray_engine.py --seeds {args.seeds} --budget {args.budget} "
                f"--batch {args.batch} --strategy {args.strategy}")
-    fill_block(DOC, START, END, _block(rows, command, load_before))
+    fill_block(DOC, "bench_ray_engine", _block(rows, command, load_before))
 
 
 def _block(rows: list[dict], command: str, load_before: float) -> str:

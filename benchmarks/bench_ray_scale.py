@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     lines += [f"| {r['phones']} | {16 * r['phones'] / args.cpus:.2f} | {r['candidates']} | {r['wall_s']:.1f} | "
               f"{r['efficiency']:.1%} | {r['ceiling']:.1%} | {r['phone_busy']:.1%} | {r['driver_ms']:.0f} | {r['host_busy']:.0%} |" for r in rows]
-    block = f"bench_ray_scale:{args.strategy}:scale-{args.time_scale:g}"
-    fill_block(DOC, f"<!-- {block}:start -->", f"<!-- {block}:end -->", "\n".join(lines))
+    fill_block(DOC, f"bench_ray_scale:{args.strategy}:scale-{args.time_scale:g}", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ def cache_default_logits(work: Path) -> None:
     cached_logits(load_teacher(config.teacher), load_dataset(config.data, seed=config.seed))
 
 
-def fill_block(doc: Path, start: str, end: str, block: str) -> None:
-    """Replace what lies between the markers `start` and `end` in `doc` with `block`."""
+def fill_block(doc: Path, name: str, block: str) -> None:
+    """Replace what lies between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` in
+    `doc` with `block`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = doc.read_text()
     doc.write_text(text[: text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):])
