@@ -17,7 +17,6 @@ import argparse
 import os
 import platform
 import random
-import re
 import shlex
 import statistics
 import subprocess
@@ -34,8 +33,8 @@ from akd_mobile.data import load_dataset
 from akd_mobile.distill import ProxyBudget, proxy_score, torch_threads
 from akd_mobile.space import ArchSpec, SearchSpace, get_space
 from akd_mobile.teachers import cached_logits, load_teacher
+from bench_support import fill_block
 
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def typical_student(space: SearchSpace, target_params: int = 100_000, samples: int = 400) -> ArchSpec:
@@ -157,7 +156,6 @@ def main() -> None:
 
     command = "python benchmarks/bench_distill.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
-        START,
         f"Command: `{command.strip()}` (from the repository root, `.venv/bin/python`).",
         "",
         f"- Host: {platform.machine()}, {how}.",
@@ -186,14 +184,9 @@ def main() -> None:
         ce = next(r for r in rows if r["threads"] == threads and r["mode"] == "ce")
         lines.append(f"- {threads} thread(s): KD / CE training time = {kd['train_s'] / ce['train_s']:.3f} "
                      f"(limit 1.15); KD proxy wall time {kd['wall_s']:.2f} s median (limit 15 s).")
-    lines.append(END)
     block = "\n".join(lines)
     print(block)
-    text = args.out.read_text() if args.out.exists() else f"# Distillation\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    args.out.write_text(text)
+    fill_block(args.out, "bench_distill", block)
 
 
 if __name__ == "__main__":

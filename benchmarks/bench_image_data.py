@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -35,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_support import fill_block
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DOC = ROOT / "docs" / "data.md"
-START, END = "<!-- bench_image_data:start -->", "<!-- bench_image_data:end -->"
 CLASSES = 10
 
 
@@ -212,9 +212,7 @@ print(result.test_accuracy)
         f"| peak RSS, KD proxy score, {args.large:,}-image cache | {spread(hwm[args.large])} MiB |",
         f"| ratio of the two, round by round | {spread(ratio, '{:.3f}')} |",
     ]
-    text = DOC.read_text()
-    block = START + "\n" + "\n".join(lines) + "\n" + END
-    DOC.write_text(re.sub(re.escape(START) + ".*" + re.escape(END), lambda _: block, text, flags=re.S))
+    fill_block(DOC, "bench_image_data", "\n".join(lines))
     print("\n".join(lines))
 
 

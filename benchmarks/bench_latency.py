@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_support import fill_block
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "latency.md"
-START, END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"
 EXE = str(Path(sys.executable).with_name("akd-mobile"))
 WARMUP = 10
 
@@ -249,7 +250,6 @@ def main() -> None:
     cmd = (f".venv/bin/python benchmarks/bench_latency.py --repeats {args.repeats} --runs {args.runs} "
            f"--min-times {args.min_times} --drift-s {args.drift_s:g}")
     lines = [
-        START,
         f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
         f"{_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
         f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (the benchmark itself keeps one "
@@ -296,15 +296,9 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- |",
         *(f"| {r['space']} | {r['format']} | {r['state']} | {r['wall_s']:.1f} | {r['export_s']:.3f} | "
           f"{r['size_bytes']:,} | {r['max_abs_diff']:.1e} |" for r in exp),
-        END,
     ]
     block = "\n".join(lines)
-    text = DOC.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    fill_block(DOC, "bench_latency", block)
     print(block)
 
 

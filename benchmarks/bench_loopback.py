@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from akd_base.measurement import MeasureSettings
+from bench_support import fill_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "devices.md"
-START, END = "<!-- bench_loopback:start -->", "<!-- bench_loopback:end -->"
 SETTINGS = MeasureSettings(threads=1, warmup=2, runs=20)
 
 
@@ -96,7 +96,6 @@ def _push_rates(loop, port: int, key: Path, tmp: Path, size_mb: int, repeats: in
 
 def _write_doc(rows, rates, args) -> str:
     lines = [
-        START,
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs shared with other jobs (numbers are noisy), with",
         "",
@@ -112,7 +111,6 @@ def _write_doc(rows, rates, args) -> str:
     lines += ["", f"Push of {args.push_mb} MiB over loopback, median of {args.repeats}; target: >= 50 MB/s.", "",
               "| client | throughput |", "| --- | ---: |"]
     lines += [f"| {name} | {rate:.0f} MB/s |" for name, rate in rates.items()]
-    lines.append(END)
     return "\n".join(lines)
 
 
@@ -151,8 +149,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     block = _write_doc(rows, rates, args)
-    text = DOC.read_text()
-    DOC.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END):])
+    fill_block(DOC, "bench_loopback", block)
     print(block)
 
 

@@ -12,7 +12,6 @@ spread (the mean over students of |seed 0 - seed 1|). Writes a table into docs/d
 from __future__ import annotations
 
 import dataclasses
-import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from akd_mobile.engines import TRAIN_THREADS
 from akd_mobile.space import get_space
 from akd_mobile.teachers import cached_logits, load_teacher
 from bench_distill import typical_student
+from bench_support import fill_block
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "distill.md"
-START, END = "<!-- bench_proxy_choices:start -->", "<!-- bench_proxy_choices:end -->"
 STUDENT_PARAMS = (50_000, 100_000, 200_000)
 SEEDS = (0, 1)
 SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -64,7 +63,6 @@ def main() -> None:
         print(rows[-1], flush=True)
     default = ProxyBudget()
     table = "\n".join([
-        START,
         "Command: `.venv/bin/python benchmarks/bench_proxy_choices.py`: three students (median-MACs "
         "samples near 50k, 100k and 200k parameters), seeds 0 and 1, 2,500 validation images, the "
         f"default budget ({default.steps} steps of {default.batch_size}) with one setting changed per row, "
@@ -73,10 +71,8 @@ def main() -> None:
         "| mode | proxy setting | mean accuracy | seed spread (mean abs. difference) | per student (50k / 100k / 200k) |",
         "| --- | --- | --- | --- | --- |",
         *rows,
-        END,
     ])
-    text = DOC.read_text()
-    DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S))
+    fill_block(DOC, "bench_proxy_choices", table)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ partial study can be committed at any time.
 from __future__ import annotations
 
 import argparse
-import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from akd_mobile.fidelity import analyze, format_report  # noqa: E402
 from akd_mobile.study import StudyStore, run_study, study_config, write_csv  # noqa: E402
 from latency_db import open_db  # noqa: E402
+from bench_support import fill_block  # noqa: E402
 
 DB = ROOT / "benchmarks" / "results" / "proxy-fidelity.sqlite"
 CSV = ROOT / "docs" / "proxy-fidelity.csv"
@@ -42,10 +42,9 @@ def write_docs(store: StudyStore, study_id: int) -> None:
     """The CSV of raw rows and the report block of the doc, from what the study holds now."""
     write_csv(store, study_id, CSV)
     report = format_report(analyze(store.get(study_id), store.trainings(study_id)))
-    block = (f"<!-- study:start -->\nCommand: {COMMAND} (`akd-mobile proxy show {study_id} --db {DB.relative_to(ROOT)}` "
-             f"prints the same). Raw rows: `docs/{CSV.name}`.\n\n```\n{report}\n```\n<!-- study:end -->")
-    text = DOC.read_text()
-    DOC.write_text(re.sub(r"<!-- study:start -->.*<!-- study:end -->", lambda _: block, text, flags=re.S))
+    block = (f"Command: {COMMAND} (`akd-mobile proxy show {study_id} --db {DB.relative_to(ROOT)}` "
+             f"prints the same). Raw rows: `docs/{CSV.name}`.\n\n```\n{report}\n```")
+    fill_block(DOC, "study", block)
     with sqlite3.connect(DB) as conn:  # the committed file then holds every row
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import resource
 import statistics
 import subprocess
@@ -32,9 +31,9 @@ from akd_mobile.malloc import retain_freed_memory
 from akd_mobile.shards import ShardedSteps
 from akd_mobile.space import get_space
 from bench_distill import typical_student
+from bench_support import fill_block
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "distill.md"
-START, END = "<!-- bench_proxy_speed:start -->", "<!-- bench_proxy_speed:end -->"
 BATCH = 125
 # name: (threads, shards, keep freed memory, bfloat16 autocast)
 VARIANTS = {
@@ -124,7 +123,6 @@ def main() -> None:
         rows.append(f"| {name} | {per_step:.3f} | {base / per_step:.2f}x | "
                     f"{statistics.median(f for _, f in results):,.0f} |")
     block = "\n".join([
-        START,
         f"Command: `.venv/bin/python benchmarks/bench_proxy_speed.py --rounds {args.rounds} --steps {args.steps}` "
         f"(student `{arch.key}`, batches of {BATCH}, KD loss; medians over the rounds).",
         "",
@@ -134,13 +132,9 @@ def main() -> None:
         "",
         "Validation pass over 2,500 images, two threads: "
         + ", ".join(f"batches of {b:,}: {statistics.median(v):.2f} s" for b, v in validation.items()) + ".",
-        END,
     ])
     print(block)
-    text = DOC.read_text()
-    if START not in text:
-        raise SystemExit(f"{DOC} has no {START} marker")
-    DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    fill_block(DOC, "bench_proxy_speed", block)
 
 
 if __name__ == "__main__":

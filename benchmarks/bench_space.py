@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 from pathlib import Path
 
 from akd_mobile.space import get_space
+from bench_support import fill_block
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "search-space.md"
-START, END = "<!-- bench_space:start -->", "<!-- bench_space:end -->"
 
 
 def extremes(space):
@@ -42,7 +41,6 @@ def main() -> None:
             rows.append(f"| `{name}` {unit} | " + " | ".join(fmt.format(v) for v in pick) + " |")
         print(name, space.size())
     table = "\n".join([
-        START,
         f"Command: `.venv/bin/python benchmarks/bench_space.py --samples {args.samples}` ({args.samples} uniform",
         "samples, `random.Random(0)`, `SearchSpace.cost`; the extremes are the all-`dw_k3_se0_none_f75`",
         "minimum-depth and the all-`conv_k5_se25_pool_f125` maximum-depth architectures).",
@@ -50,10 +48,8 @@ def main() -> None:
         "| preset | smallest | 5% | median | 95% | largest |",
         "| --- | --- | --- | --- | --- | --- |",
         *rows,
-        END,
     ])
-    text = DOC.read_text()
-    DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S))
+    fill_block(DOC, "bench_space", table)
     print(table)
 
 

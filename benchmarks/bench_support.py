@@ -20,8 +20,13 @@ def cache_default_logits(work: Path) -> None:
 
 
 def fill_block(doc: Path, name: str, block: str) -> None:
-    """Replace what lies between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` in
-    `doc` with `block`."""
+    """Put `block` between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` in `doc`,
+    replacing what lay there; a doc without the markers gets them, around the block, at its end."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = doc.read_text()
-    doc.write_text(text[: text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):])
+    marked = f"{start}\n{block}\n{end}"
+    text = doc.read_text() if doc.exists() else ""
+    if start in text and end in text:
+        text = text[: text.index(start)] + marked + text[text.index(end) + len(end):]
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + marked + "\n"
+    doc.write_text(text)
