@@ -92,7 +92,7 @@ class Engine(Protocol):
 
 class InProcessEngine:
     """Evaluates one candidate after another in this process; the export of the next one
-    (when it is measured before training) converts meanwhile, in a background process."""
+    (when its latency may be measured) converts meanwhile, in a background process."""
 
     def __init__(self, evaluation: CandidateEvaluation, execution: Execution) -> None:
         from akd_mobile.export_worker import ExportWorker
@@ -108,7 +108,7 @@ class InProcessEngine:
         def take() -> None:
             for cid, arch in itertools.islice(candidates, IN_PROCESS_AHEAD - len(ahead)):
                 ahead.append((cid, arch))
-                if self.evaluation.measured_first([arch]):
+                if self.evaluation.exported_ahead([arch], standing()):
                     self.exporter.submit([arch])
 
         take()

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from akd_base.errors import error_line, stops_the_run
-from akd_mobile.latency_policy import Standing, measure_after_training, measure_before_training, skip_bound
+from akd_mobile.latency_policy import (Standing, may_be_measured, measure_after_training, measure_before_training,
+                                       skip_bound)
 from akd_mobile.reward import RewardConfig, mnas_reward
 from akd_mobile.runs import CandidateOutcome
 from akd_mobile.space import ArchSpec
@@ -95,23 +96,20 @@ class CandidateEvaluation:
             service.predictor  # noqa: B018 - PredictorError now, before the inputs load and a run exists
         return cls(config, load_inputs(config), service)
 
-    def measured_first(self, archs: list[ArchSpec]) -> list[ArchSpec]:
-        """Those of `archs` whose plans start with a measurement: the database does not hold
-        them (and, with a latency model, their prediction will not stand); an engine may
-        export them ahead."""
+    def exported_ahead(self, archs: list[ArchSpec], standing: Standing) -> list[ArchSpec]:
+        """Those of `archs` an engine exports ahead of their proxy training: the database does
+        not hold them and, with a latency model, their latency may be measured at all
+        (`latency_policy.may_be_measured`, as the run stands now)."""
         misses = [a for a in archs if self.service.lookup(a) is None]
         if self.predictor is None:
             return misses
-        return [a for a in misses if self._measured_before(self._predict(a))]
+        return [a for a in misses
+                if may_be_measured(self.config.latency, self._predict(a), self.reward_config, self.hard, standing)]
 
     def _predict(self, arch: ArchSpec) -> Prediction:
         if arch.key not in self._predictions:
             self._predictions[arch.key] = self.predictor.predict(arch)  # type: ignore[union-attr]
         return self._predictions[arch.key]
-
-    def _measured_before(self, prediction: Any) -> bool:
-        return (skip_bound(prediction, self.reward_config, self.hard) is None
-                and measure_before_training(self.config.latency, prediction, self.reward_config, self.hard))
 
     def plan(self, arch: ArchSpec, standing: Callable[[], Standing] = Standing) -> Plan:
         """The evaluation of `arch`: its latency (a database hit costs nothing; a measurement

@@ -15,6 +15,10 @@
 Under the hard constraint, `predict` and `hybrid` do not train a candidate whose reward could
 not exceed SKIP_REWARD even at accuracy 1 and the fast end of the band (four times the target
 or more): it is stored as `skipped`, that bound as its reward, and the reason.
+
+An engine exports ahead of its training (in the background) each candidate whose latency may
+be measured at all (`may_be_measured`), so that a measurement after the training finds its
+export done; one it cannot need is not exported.
 """
 
 from __future__ import annotations
@@ -68,3 +72,13 @@ def measure_after_training(prediction: Prediction, accuracy: float, reward: Rewa
         return True
     best = standing.best_under_accuracy
     return fast <= reward.target_ms and (best is None or accuracy >= best)
+
+
+def may_be_measured(mode: str, prediction: Prediction, reward: RewardConfig, hard: bool, standing: Standing) -> bool:
+    """Whether a candidate's latency may be measured whatever its accuracy turns out to be:
+    before its training, or after it at accuracy 1 (the rule only grows stricter as the run's
+    standing improves, so one that cannot be measured now never will)."""
+    if skip_bound(prediction, reward, hard) is not None:
+        return False
+    return measure_before_training(mode, prediction, reward, hard) or measure_after_training(prediction, 1.0, reward,
+                                                                                             standing)

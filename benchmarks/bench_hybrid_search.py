@@ -64,7 +64,7 @@ def one_search(mode: str, seed: int, args: argparse.Namespace, work: Path) -> di
     counted = summary.evaluated + summary.failed + summary.latency_sources.get("skipped", 0)
     return {
         "mode": mode, "seed": seed, "wall_s": wall, "candidates": counted, "per_hour": 3600 * counted / wall,
-        "sources": summary.latency_sources, "target_ms": summary.config["target_ms"],
+        "sources": summary.latency_sources, "split": summary.time_split_s, "target_ms": summary.config["target_ms"],
         "best_accuracy": None if best is None else best["accuracy"], "best_ms": None if best is None else best["latency_ms"],
         "best_measured_ms": verified,
         "best_counts": best is not None and verified is not None and verified <= summary.config["target_ms"],
@@ -106,9 +106,9 @@ def _block(rows: list[dict], modes: list[str], command: str) -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}. "
         f"Load average {os.getloadavg()[0]:.2f} at the end.",
         "",
-        "| seed | mode | wall s | candidates/hour | database / measured / predicted / skipped | best under target: "
-        "accuracy, ms (measured ms) |",
-        "| ---: | --- | ---: | ---: | --- | --- |",
+        "| seed | mode | wall s | candidates/hour | database / measured / predicted / skipped | seconds training / "
+        "waiting for exports / measuring | best under target: accuracy, ms (measured ms) |",
+        "| ---: | --- | ---: | ---: | --- | --- | --- |",
     ]
     for r in rows:
         s = r["sources"]
@@ -116,7 +116,8 @@ def _block(rows: list[dict], modes: list[str], command: str) -> str:
             f"{r['best_accuracy']:.4f}, {r['best_ms']:.3f} ({r['best_measured_ms']:.3f})"
             + ("" if r["best_counts"] else ": over the target when measured"))
         lines.append(f"| {r['seed']} | {r['mode']} | {r['wall_s']:.0f} | {r['per_hour']:.0f} | "
-                     f"{s['database']} / {s['measured']} / {s['predicted']} / {s['skipped']} | {best} |")
+                     f"{s['database']} / {s['measured']} / {s['predicted']} / {s['skipped']} | "
+                     f"{r['split']['train_s']:.0f} / {r['split']['export_s']:.0f} / {r['split']['measure_s']:.0f} | {best} |")
     base = modes[0]
     for mode in modes[1:]:
         ratios, deltas = [], []

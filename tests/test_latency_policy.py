@@ -14,7 +14,7 @@ from akd_base.errors import PredictorError
 from akd_base.measurement import LatencyResult
 from akd_mobile.distill import ProxyResult
 from akd_mobile.latency import LatencyOutcome, LatencyService
-from akd_mobile.latency_policy import (SKIP_REWARD, TOP_MEASURED, Standing, measure_after_training,
+from akd_mobile.latency_policy import (SKIP_REWARD, TOP_MEASURED, Standing, may_be_measured, measure_after_training,
                                        measure_before_training, skip_bound)
 from akd_mobile.latency_predictor import Prediction, fit_stored
 from akd_mobile.reward import RewardConfig
@@ -57,6 +57,17 @@ def test_a_candidate_that_may_enter_the_top_or_lead_under_the_target_is_measured
     assert measure_after_training(prediction(1.05), 0.45, SOFT, Standing(top, best_under_accuracy=0.44))
     assert not measure_after_training(prediction(1.05), 0.45, SOFT, Standing(top, best_under_accuracy=0.46))
     assert not measure_after_training(prediction(1.2), 0.45, SOFT, Standing(top, best_under_accuracy=0.1))
+
+
+def test_what_may_be_measured_at_any_accuracy_is_exported_ahead():
+    top = (0.9, 0.8, 0.7, 0.6, 0.5)
+    assert not may_be_measured("hybrid", prediction(5.0), HARD, True, Standing())  # skipped: never measured
+    assert may_be_measured("hybrid", prediction(1.05), HARD, True, Standing(top))  # straddles: measured before
+    assert may_be_measured("predict", prediction(1.05), HARD, True, Standing(top, 0.99))  # 0.945 ms may lead under
+    # 1.8 ms at the fast end: a reward of at most 1 / 1.8 = 0.556, which enters this top but not one of 0.6s
+    assert may_be_measured("predict", prediction(2.0), HARD, True, Standing(top))
+    assert not may_be_measured("predict", prediction(2.0), HARD, True, Standing((0.6,) * TOP_MEASURED, 0.6))
+    assert may_be_measured("predict", prediction(2.0), HARD, True, Standing((0.6,) * (TOP_MEASURED - 1)))  # not full
 
 
 MEASURE = search_module.SearchConfig(threads=1, warmup=0, runs=1, min_time_s=0.0).measure
@@ -115,11 +126,15 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
             reward = evaluation.reward_config
             exported: list[str] = []
             monkeypatch.setattr(engine.exporter, "submit", lambda batch: exported.extend(a.key for a in batch))
-            # the engine exports ahead (the next candidate, while it trains one) only what is measured before training
-            list(engine.evaluate(iter(enumerate(students)), Standing, lambda cid, phase: None))
-            assert exported == [a.key for a in students if skip_bound(p := evaluation.predictor.predict(a), reward, True)
-                                is None and measure_before_training(mode, p, reward, True)]
-            assert bool(exported) == (mode == "hybrid")
+            # the engine exports ahead (the next candidate, while it trains one) only what may be measured as
+            # the run stands: before training, or after it at any accuracy; never what is skipped
+            full = Standing((0.6,) * TOP_MEASURED, best_under_accuracy=0.6)
+            list(engine.evaluate(iter(enumerate(students)), lambda: full, lambda cid, phase: None))
+            expected = [a.key for a in students
+                        if may_be_measured(mode, p := evaluation.predictor.predict(a), reward, True, full)]
+            assert exported == expected
+            kept = [a for a in students if skip_bound(evaluation.predictor.predict(a), reward, True) is None]
+            assert 0 < len(exported) < len(kept), (mode, len(exported), len(kept))
             done: list[tuple[float, float, float]] = []  # (reward, accuracy, latency)
             seen = {"skipped": 0, "before": 0, "after": 0, "predicted": 0}
             for arch in students:
