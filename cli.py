@@ -561,10 +561,11 @@ def latency_fit(device, fmt, threads, runtime, db_path, as_json):
     with open_db(db_path) as db:
         stored = fit_stored(db, _model_key(db, device, fmt, threads, runtime))
     d = {"model_id": stored.id, "kind": stored.kind, "archs": stored.archs,
-         "measurements": len(stored.measurement_uids), "band": stored.band, "key": dataclasses.asdict(stored.key)}
+         "measurements": len(stored.measurement_uids), "band": stored.band, "tile": stored.model["tile"],
+         "key": dataclasses.asdict(stored.key)}
     emit(d, as_json, f"latency model {stored.id} for {stored.key.describe()}: fitted on {stored.archs} architectures "
-                     f"({d['measurements']} measurements), 95% of its cross-validated predictions within "
-                     f"+-{stored.band:.1%}")
+                     f"({d['measurements']} measurements), channels in tiles of {d['tile']}, 95% of its "
+                     f"cross-validated predictions within +-{stored.band:.1%}")
 
 
 @latency.command("predict")
@@ -607,9 +608,9 @@ def latency_eval(device, fmt, threads, runtime, sizes, held_out, seed, db_path, 
         key = _model_key(db, device, fmt, threads, runtime)
         e = evaluate_predictor(keyed_measurements(db, key), key, size_list, held_out, seed)
     lines = [f"{key.describe()}: {e.archs} architectures, {e.held_out} held out (seed {seed})",
-             f"{'train':>6}  {'within 10%':>10}  {'95% lower':>9}  {'RMSPE':>6}  {'tau':>5}  {'band':>6}"]
+             f"{'train':>6}  {'within 10%':>10}  {'95% lower':>9}  {'RMSPE':>6}  {'tau':>5}  {'band':>6}  {'tile':>4}"]
     lines += [f"{r.train_archs:>6}  {r.agreement.share:>10.1%}  {r.agreement.lower:>9.1%}  {r.rmspe:>6.1%}  "
-              f"{r.kendall_tau:>5.3f}  {r.band:>6.1%}" for r in e.results]
+              f"{r.kendall_tau:>5.3f}  {r.band:>6.1%}  {r.tile:>4}" for r in e.results]
     noise = e.noise
     lines.append("noise floor: no architecture measured twice (latency sweep --repeat K)" if noise is None else
                  f"noise floor: {noise.within} of {noise.trials} repeated measurements within 10% of the first "

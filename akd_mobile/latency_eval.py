@@ -8,8 +8,10 @@ measured median with its one-sided 95% Clopper-Pearson lower bound, the RMSPE (r
 squared relative error) and Kendall's tau between predicted and measured.
 
 `noise_floor`: per architecture measured more than once, every later measurement against
-its first: the share within +-10%, with the same bound. No predictor can agree with a
-measurement more often than a second measurement does.
+its first: the share within +-10%, with the same bound: how well the device repeats itself.
+It is not a hard ceiling: a prediction of the true latency differs from a measurement by that
+measurement's noise alone, a second measurement by the noise of both. A predictor that
+reaches it does as well as measuring again.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class SizeResult:
         rmspe: root mean squared relative error on the held-out set.
         kendall_tau: rank agreement of predicted and measured on the held-out set.
         band: the model's own (cross-validated) relative error band.
+        tile: the channel tile its fit chose.
     """
 
     train_archs: int
@@ -79,6 +82,7 @@ class SizeResult:
     rmspe: float
     kendall_tau: float
     band: float
+    tile: int
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
     """
     from scipy.stats import kendalltau
 
-    keys, x, y = training_set(measurements)
+    keys, archs, y = training_set(measurements)
     if held_out is None:
         held_out = len(keys) // 2
     if held_out < 1 or len(keys) - held_out < MIN_ARCHS:
@@ -129,11 +133,12 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
     for n in sorted(set(sizes)):
         if not MIN_ARCHS <= n <= len(pool):
             continue
-        model = fit_model(x[pool[:n]], y[pool[:n]])
-        predicted = model.predict(x[test])
+        model = fit_model([archs[i] for i in pool[:n]], y[pool[:n]])
+        predicted = model.predict([archs[i] for i in test])
         errors = predicted / y[test] - 1.0
         tau = float(kendalltau(predicted, y[test]).statistic) if held_out > 1 else float("nan")
-        results.append(SizeResult(n, Agreement.of(errors), float(np.sqrt(np.mean(errors**2))), tau, model.band))
+        results.append(SizeResult(n, Agreement.of(errors), float(np.sqrt(np.mean(errors**2))), tau, model.band,
+                                  model.tile))
     if not results:
         raise PredictorError(f"no training size in {', '.join(map(str, sizes))} fits beside {held_out} held out of "
                              f"{len(keys)} architectures (sizes must be {MIN_ARCHS} .. {len(pool)})")

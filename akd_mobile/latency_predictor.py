@@ -10,6 +10,9 @@ The model (`LatencyModel`, kind KIND) is physical first and learned second:
 - correction: a ridge regression (scikit-learn's RidgeCV, its penalty chosen by leave-one-out)
   of log(measured / base) on the standardized log features: what a sum of costs misses
   (cache effects, kernels that are faster at some widths);
+- channel tile: the features count channels in whole tiles (`latency_features`); the fit
+  tries each of CHANNEL_TILES and keeps the one of the lowest cross-validated RMSPE, the
+  device's kernels' tile as the measurements show it (16 on this project's x86 host);
 - band: the 95th percentile of |measured / predicted - 1| over a 5-fold cross-validation of the
   training set, each prediction made by a model that did not see it: 95% of the measured
   latencies lie within predicted * (1 +- band). The search treats a prediction as uncertain
@@ -29,12 +32,14 @@ from typing import Any
 import numpy as np
 
 from akd_base.errors import PredictorError
-from akd_mobile.latency_features import FEATURES, arch_features
+from collections.abc import Sequence
+
+from akd_mobile.latency_features import CHANNEL_TILES, FEATURES, arch_features
 from akd_mobile.space import ArchSpec, get_space
 from latency_db.predictors import KeyedMeasurement, ModelKey, StoredModel, keyed_measurements, latest_model, save_model
 from latency_db.store import LatencyDB
 
-KIND = "ops-nnls-ridge/1"
+KIND = "ops-tile-nnls-ridge/2"
 MIN_ARCHS = 10  # a fit needs at least this many measured architectures
 BAND_QUANTILE = 0.95
 FOLDS = 5
@@ -50,6 +55,7 @@ class LatencyModel:
         scale: the correction's feature scales.
         ridge: the correction's coefficients, then its intercept.
         range_ms: the fastest and slowest latency it was fitted on (outside them it extrapolates).
+        tile: the channel tile its features count in.
         band: relative error band.
         archs: architectures it was fitted on.
     """
@@ -59,11 +65,16 @@ class LatencyModel:
     scale: tuple[float, ...]
     ridge: tuple[float, ...]
     range_ms: tuple[float, float]
+    tile: int = 1
     band: float = math.nan
     archs: int = 0
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predicted latencies (ms) of the feature rows `x` (n x len(FEATURES))."""
+    def predict(self, archs: Sequence[ArchSpec]) -> np.ndarray:
+        """Predicted latencies (ms) of `archs`."""
+        return self.predict_features(features(archs, self.tile))
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Predicted latencies (ms) of the feature rows `x` (n x len(FEATURES), at `tile`)."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         base = np.maximum(x @ np.array(self.costs[:-1]) + self.costs[-1], 1e-9)
         z = (np.log1p(x) - np.array(self.mean)) / np.array(self.scale)
@@ -82,14 +93,16 @@ class LatencyModel:
                       for f in dataclasses.fields(cls)})
 
 
-def fit_model(x: np.ndarray, y: np.ndarray, folds: int = FOLDS) -> LatencyModel:
-    """Fit a LatencyModel to feature rows `x` and latencies `y` (ms, one per architecture),
-    with its band from a `folds`-fold cross-validation.
+def fit_model(archs: Sequence[ArchSpec], y: np.ndarray, folds: int = FOLDS,
+              tiles: Sequence[int] = CHANNEL_TILES) -> LatencyModel:
+    """Fit a LatencyModel to architectures `archs` and their latencies `y` (ms): for each
+    channel tile in `tiles`, a `folds`-fold cross-validation; the tile of the lowest RMSPE
+    is kept, its cross-validated errors give the band.
 
     Raises:
-        PredictorError: fewer than MIN_ARCHS rows, or a latency that is not positive.
+        PredictorError: fewer than MIN_ARCHS architectures, or a latency that is not positive.
     """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
     if len(y) < MIN_ARCHS:
         raise PredictorError(f"a latency model needs at least {MIN_ARCHS} measured architectures, got {len(y)}; "
                              "measure more (akd-mobile latency sweep)")
@@ -97,14 +110,23 @@ def fit_model(x: np.ndarray, y: np.ndarray, folds: int = FOLDS) -> LatencyModel:
         raise PredictorError("latencies must be positive numbers of milliseconds")
     from sklearn.model_selection import KFold
 
-    relative_errors = np.empty(len(y))
-    for train, test in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=0).split(x):
-        relative_errors[test] = y[test] / _fit(x[train], y[train]).predict(x[test]) - 1.0
+    splits = list(KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=0).split(y))
+    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+    for tile in tiles:
+        x = features(archs, tile)
+        relative_errors = np.empty(len(y))
+        for train, test in splits:
+            relative_errors[test] = y[test] / _fit(x[train], y[train], tile).predict_features(x[test]) - 1.0
+        rmspe = float(np.sqrt(np.mean(relative_errors**2)))
+        if best is None or rmspe < best[0]:
+            best = (rmspe, tile, x, relative_errors)
+    assert best is not None, "no channel tiles to try"
+    _, tile, x, relative_errors = best
     band = float(np.quantile(np.abs(relative_errors), BAND_QUANTILE))
-    return dataclasses.replace(_fit(x, y), band=band, archs=len(y))
+    return dataclasses.replace(_fit(x, y, tile), band=band, archs=len(y))
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> LatencyModel:
+def _fit(x: np.ndarray, y: np.ndarray, tile: int) -> LatencyModel:
     from scipy.optimize import nnls
     from sklearn.linear_model import RidgeCV
 
@@ -118,24 +140,25 @@ def _fit(x: np.ndarray, y: np.ndarray) -> LatencyModel:
     scale[scale == 0] = 1.0
     ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit((logs - mean) / scale, np.log(y / base))
     return LatencyModel(tuple(costs), tuple(mean), tuple(scale), (*ridge.coef_, float(ridge.intercept_)),
-                        (float(y.min()), float(y.max())))
+                        (float(y.min()), float(y.max())), tile)
 
 
-def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Per architecture (first measured first): its key, its features and the median of its
-    measured medians."""
+def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], list[ArchSpec], np.ndarray]:
+    """Per architecture (first measured first): its key, the architecture and the median of
+    its measured medians."""
     by_arch: dict[str, list[KeyedMeasurement]] = {}
     for m in measurements:
         by_arch.setdefault(m.arch_key, []).append(m)
     keys = list(by_arch)
-    x = np.array([features_of(ArchSpec.from_json(by_arch[k][0].arch_json)) for k in keys]).reshape(len(keys), len(FEATURES))
+    archs = [ArchSpec.from_json(by_arch[k][0].arch_json) for k in keys]
     y = np.array([float(np.median([m.median_ms for m in by_arch[k]])) for k in keys])
-    return keys, x, y
+    return keys, archs, y
 
 
-def features_of(arch: ArchSpec) -> np.ndarray:
-    """The features of `arch` in its own space."""
-    return arch_features(get_space(arch.space, arch.input_shape, arch.num_classes), arch)
+def features(archs: Sequence[ArchSpec], tile: int) -> np.ndarray:
+    """The feature rows of `archs`, each in its own space, at channel tile `tile`."""
+    rows = [arch_features(get_space(a.space, a.input_shape, a.num_classes), a, tile) for a in archs]
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
 
 
 def fit_stored(db: LatencyDB, key: ModelKey) -> StoredModel:
@@ -145,8 +168,8 @@ def fit_stored(db: LatencyDB, key: ModelKey) -> StoredModel:
         PredictorError: too few measured architectures.
     """
     measurements = keyed_measurements(db, key)
-    keys, x, y = training_set(measurements)
-    model = fit_model(x, y)
+    keys, archs, y = training_set(measurements)
+    model = fit_model(archs, y)
     model_id = save_model(db, key, KIND, model.to_json(), [m.uid for m in measurements], len(keys), model.band)
     stored = latest_model(db, key)
     assert stored is not None and stored.id == model_id
@@ -198,6 +221,6 @@ class Predictor:
 
     def predict(self, arch: ArchSpec) -> Prediction:
         """The predicted latency of `arch`."""
-        median = float(self.model.predict(features_of(arch))[0])
+        median = float(self.model.predict([arch])[0])
         low, high = self.model.range_ms
         return Prediction(median, self.stored.band, self.stored.id, not low <= median <= high)

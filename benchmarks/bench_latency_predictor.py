@@ -73,29 +73,31 @@ def main(argv: list[str] | None = None) -> None:
                                  "--json"))
     _akd("latency", "export", "--csv", str(csv), "--without-samples", "--db", str(args.db))
     command = (f".venv/bin/python benchmarks/bench_latency_predictor.py --n {args.n} --repeat {args.repeat} "
-               f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else ""))
-    fill_block(DOC, f"bench_latency_predictor:{args.fmt}",
-               _block(evaluation, command, load_before, load_after, sweep_s, csv))
+               f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else "")
+               + (" --skip-sweep" if args.skip_sweep else ""))
+    sweep = (f"No sweep in this run: the measurements already held, of `{csv.relative_to(ROOT)}`." if args.skip_sweep
+             else f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after the sweep "
+                  f"({sweep_s / 60:.0f} min). Measurements: `{csv.relative_to(ROOT)}`.")
+    fill_block(DOC, f"bench_latency_predictor:{args.fmt}", _block(evaluation, command, sweep))
 
 
-def _block(e: dict, command: str, load_before, load_after, sweep_s: float, csv: Path) -> str:
+def _block(e: dict, command: str, sweep: str) -> str:
     key = e["key"]
     lines = [
         f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {key['runtime_version']}, "
-        f"{key['threads']} thread(s), device {key['device_fingerprint']}. Load average {load_before[0]:.2f} before "
-        f"and {load_after[0]:.2f} after the sweep ({sweep_s / 60:.0f} min). Measurements: `{csv.relative_to(ROOT)}`.",
+        f"{key['threads']} thread(s), device {key['device_fingerprint']}. {sweep}",
         "",
         f"{e['archs']} measured students, {e['held_out']} held out (seed {e['seed']}); each row a model fitted on the "
         "first n of the rest.",
         "",
-        "| training students | within +-10% | 95% lower bound | RMSPE | Kendall tau | model's own band |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| training students | within +-10% | 95% lower bound | RMSPE | Kendall tau | model's own band | channel tile |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in e["results"]:
         a = r["agreement"]
         lines.append(f"| {r['train_archs']} | {a['within']}/{a['trials']} = {a['share']:.1%} | {a['lower']:.1%} | "
-                     f"{r['rmspe']:.1%} | {r['kendall_tau']:.3f} | +-{r['band']:.1%} |")
+                     f"{r['rmspe']:.1%} | {r['kendall_tau']:.3f} | +-{r['band']:.1%} | {r['tile']} |")
     noise = e["noise"]
     lines += ["", "Noise floor (every repeated measurement against the first of its student): " + (
         "no student was measured twice." if noise is None else

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from akd_base.errors import DeviceUnavailable, ExportError, PredictorError
 from akd_base.measurement import DeviceInfo, LatencyResult, MeasureSettings
 from akd_mobile.latency_eval import clopper_pearson_lower, evaluate_predictor, noise_floor
-from akd_mobile.latency_features import FEATURES, arch_features
+from akd_mobile.latency_features import CHANNEL_TILES, FEATURES, arch_features
 from akd_mobile.latency_predictor import MIN_ARCHS, LatencyModel, Predictor, fit_model, fit_stored
 from akd_mobile.latency_sweep import run_sweep, sweep_archs
 from akd_mobile.space import get_space
@@ -28,7 +28,7 @@ SPACE = get_space("mnasnet-small")
 HOST = DeviceInfo("local", "Xeon", "Xeon", "x86_64", 2, runtimes={"litert": "2.3.0", "executorch": "1.0"})
 KEY = ModelKey(HOST.fingerprint, "tflite", 1, "litert 2.3.0")
 # a known cost law: ms per unit of each feature, then a constant
-LAW = np.array([2e-8, 5e-8, 1.5e-8, 1e-7, 4e-8, 0.0, 1e-3, 0.02])
+LAW = np.array([2e-8, 5e-8, 1.5e-8, 1e-7, 5e-8, 4e-8, 0.0, 1e-3, 5e-3, 0.02])
 
 
 def law_ms(arch) -> float:
@@ -67,13 +67,15 @@ def law_database(path: Path, n: int, noise: float = 0.0, repeats: int = 0) -> Pa
 
 
 def test_features_count_the_spaces_own_macs():
-    """The four MAC features add up to the space's analytic MACs plus the pooled shortcuts' pools."""
+    """The four MAC features add up to the space's analytic MACs; the pooled shortcuts' pools
+    are counted apart."""
     for arch in archs(20, seed=3):
         x = dict(zip(FEATURES, arch_features(SPACE, arch)))
         pools = sum(9 * layer.in_ch * layer.out_hw[0] * layer.out_hw[1] for layer in SPACE.plan(arch)
                     if layer.skip == "pool")
         macs = x["dense_macs"] + x["depthwise_macs"] + x["pointwise_macs"] + x["small_macs"]
-        assert macs == SPACE.cost(arch).macs + pools
+        assert macs == SPACE.cost(arch).macs and x["pool_macs"] == pools
+        assert x["pool_ops"] == sum(layer.skip == "pool" for layer in SPACE.plan(arch))
         assert x["weight_elems"] == SPACE.cost(arch).params and x["ops"] > 2 * len(SPACE.plan(arch))
 
 
@@ -81,9 +83,10 @@ def test_a_fit_recovers_a_known_cost_law():
     students = archs(160)
     x = np.array([arch_features(SPACE, a) for a in students])
     y = x @ LAW[:-1] + LAW[-1]
-    model = fit_model(x[:100], y[:100])
-    relative = model.predict(x[100:]) / y[100:] - 1
+    model = fit_model(students[:100], y[:100])
+    relative = model.predict(students[100:]) / y[100:] - 1
     assert np.max(np.abs(relative)) < 0.01 and model.band < 0.01 and model.archs == 100
+    assert model.tile == 1  # the law counts channels one by one
     costs = np.array(model.costs)
     for j, name in enumerate(FEATURES):  # the costs that carry the latency come back
         share = np.mean(x[:, j] * LAW[j] / y)
@@ -93,20 +96,32 @@ def test_a_fit_recovers_a_known_cost_law():
     assert LatencyModel.from_json(json.loads(json.dumps(model.to_json()))) == model
 
 
+def test_a_fit_finds_the_devices_channel_tile():
+    """A device whose kernels compute channels in tiles of 16: the fit keeps tile 16, and
+    counting channels one by one would have been worse."""
+    students = archs(160)
+    y = np.array([arch_features(SPACE, a, tile=16) for a in students]) @ LAW[:-1] + LAW[-1]
+    model = fit_model(students[:100], y[:100])
+    assert model.tile == 16 and model.band < 0.01
+    assert np.max(np.abs(model.predict(students[100:]) / y[100:] - 1)) < 0.01
+    untiled = fit_model(students[:100], y[:100], tiles=(1,))
+    assert untiled.tile == 1 and untiled.band > 5 * model.band
+
+
 def test_the_band_grows_with_the_noise():
     students = archs(100)
     x = np.array([arch_features(SPACE, a) for a in students])
     y = x @ LAW[:-1] + LAW[-1]
     noisy = y * np.exp(np.random.default_rng(1).normal(0, 0.05, len(y)))
-    assert fit_model(x, y).band < 0.01 < 0.05 < fit_model(x, noisy).band < 0.2
+    assert fit_model(students, y).band < 0.01 < 0.05 < fit_model(students, noisy).band < 0.2
 
 
 def test_too_few_or_bad_latencies_are_refused():
-    x = np.array([arch_features(SPACE, a) for a in archs(MIN_ARCHS)])
+    students = archs(MIN_ARCHS)
     with pytest.raises(PredictorError, match=f"at least {MIN_ARCHS} measured architectures, got {MIN_ARCHS - 1}"):
-        fit_model(x[:-1], np.ones(MIN_ARCHS - 1))
+        fit_model(students[:-1], np.ones(MIN_ARCHS - 1))
     with pytest.raises(PredictorError, match="must be positive"):
-        fit_model(x, np.r_[np.ones(MIN_ARCHS - 1), 0.0])
+        fit_model(students, np.r_[np.ones(MIN_ARCHS - 1), 0.0])
 
 
 # ---------------------------------------------------------------- storage and prediction
@@ -269,6 +284,7 @@ def test_fit_predict_and_eval_commands(tmp_path):
     assert fit.exit_code == 0, fit.output
     d = json.loads(fit.stdout)
     assert d["archs"] == 40 and d["measurements"] == 44 and d["key"]["runtime_version"] == "litert 2.3.0"
+    assert d["tile"] in CHANNEL_TILES
     predicted = json.loads(run("latency", "predict", student.canonical, "--device", "local", "--db", db, "--json").stdout)
     assert predicted["model_id"] == d["model_id"] and predicted["arch_key"] == student.key
     assert predicted["median_ms"] == pytest.approx(law_ms(student), rel=0.1)
@@ -277,6 +293,8 @@ def test_fit_predict_and_eval_commands(tmp_path):
     e = run("latency", "eval", "--device", "local", "--sizes", "10,30", "--held-out", 10, "--db", db)
     assert e.exit_code == 0, e.output
     assert "40 architectures, 10 held out" in e.stdout and len(e.stdout.splitlines()) == 5
+    header, first = e.stdout.splitlines()[1:3]
+    assert header.split()[-1] == "tile" and int(first.split()[-1]) in CHANNEL_TILES
     assert "noise floor: 4 of 4 repeated measurements within 10% of the first (100.0%" in e.stdout  # 2% noise
 
 
