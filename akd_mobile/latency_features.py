@@ -12,14 +12,14 @@ Per architecture, one number per name in FEATURES:
 | `pool_macs` | window elements the 3x3 average pools of `pool` skips read |
 | `activation_elems` | activation elements read and written, all operators |
 | `weight_elems` | parameters read |
-| `ops` | operators run (each convolution, pool, add, multiply, layer of SE) |
+| `ops` | operators run (each convolution, padding, pool, add, multiply, layer of SE) |
 | `pool_ops` | of them, the average pools of `pool` skips |
 
 A latency is close to a sum of these, each at its own cost per unit on a device: the
 predictor (`akd_mobile.latency_predictor`) fits those costs. The average pools have their
-own two features because the measurements say they cost far more than their arithmetic: on
-this project's x86 host, with them in `depthwise_macs` and `ops` the predictor put 77% of
-held-out students within +-10%, with their own 93% (docs/latency-predictor.md).
+own two features because the measurements say they cost far more than their arithmetic (on
+this project's x86 host, a predictor that counted them as depthwise work erred most on the
+students with the most pool shortcuts; docs/latency-predictor.md).
 
 A kernel computes whole tiles of channels: XNNPACK's f32 convolutions on x86 produce 8 or 16
 output channels at a time, on Arm NEON 4 or 8, so 17 channels cost as much as 32 where the
@@ -95,10 +95,12 @@ def _layer(layer: LayerPlan, tile: int, f: Counter[str]) -> None:
         f["small_macs"] += 2 * se_on * layer.se_ch
         f["activation_elems"] += 3 * se_on * out_px + 2 * (se_on + layer.se_ch)
         f["ops"] += 4
-    if layer.skip == "pool":  # 3x3 average pool with the layer's stride, a 1x1 conv when widths differ, an add
+    if layer.skip == "pool":  # zero padding, a 3x3 average pool with the layer's stride, a 1x1 conv when
+        # widths differ, an add
+        padded = cin * (layer.in_hw[0] + 2) * (layer.in_hw[1] + 2)
         f["pool_macs"] += 9 * cin_t * out_px
-        f["activation_elems"] += cin * in_px + cin * out_px + 3 * cout * out_px
-        f["ops"] += 2
+        f["activation_elems"] += cin * in_px + 2 * padded + cin * out_px + 3 * cout * out_px
+        f["ops"] += 3
         f["pool_ops"] += 1
         if cin != cout:
             f["pointwise_macs"] += cin * cout_t * out_px
