@@ -114,7 +114,9 @@ class InProcessEngine:
         take()
         while ahead:
             cid, arch = ahead.popleft()
-            yield cid, run_plan(self.evaluation.plan(arch, standing), lambda work, cid=cid: self._do(work, cid, on_phase))
+            outcome = run_plan(self.evaluation.plan(arch, standing), lambda work, cid=cid: self._do(work, cid, on_phase))
+            self.exporter.forget(arch)  # exported ahead but predicted, or measured: its result is spent either way
+            yield cid, outcome
             take()
 
     def _do(self, work: Work, cid: int, on_phase: OnPhase) -> Any:

@@ -60,7 +60,8 @@ class ExportWorker:
         while arch.key not in self._finished:
             try:
                 key, error = self._results.get(timeout=_POLL_S)
-                self._finished[key] = error
+                if key in self._queued:  # not a forgotten one's
+                    self._finished[key] = error
             except queue.Empty:
                 if not self._process.is_alive():
                     code = self._process.exitcode
@@ -70,6 +71,12 @@ class ExportWorker:
         error = self._finished.pop(arch.key)
         if error is not None:
             raise error
+
+    def forget(self, arch: ArchSpec) -> None:
+        """Drop the export of `arch`, queued ahead but not needed: a wait no longer returns its
+        result, and a later submit exports it again (a cache hit, when this one succeeded)."""
+        self._queued.discard(arch.key)
+        self._finished.pop(arch.key, None)
 
     def close(self) -> None:
         """Stop the child now, dropping exports not finished (the cache never holds half a file)."""

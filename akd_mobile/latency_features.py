@@ -24,8 +24,8 @@ students with the most pool shortcuts; docs/latency-predictor.md).
 A kernel computes whole tiles of channels: XNNPACK's f32 convolutions on x86 produce 8 or 16
 output channels at a time, on Arm NEON 4 or 8, so 17 channels cost as much as 32 where the
 tile is 16. The MAC features therefore count a convolution's output channels (a depthwise
-one's channels) rounded up to a multiple of `tile`; traffic and parameters are counted as
-they are. The predictor chooses the tile per device among CHANNEL_TILES (1: no rounding).
+one's or a pool's channels) rounded up to a multiple of `tile`; traffic and parameters are
+counted as they are. The predictor chooses the tile per device among CHANNEL_TILES (1: no rounding).
 """
 
 from __future__ import annotations

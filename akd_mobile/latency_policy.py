@@ -75,9 +75,10 @@ def measure_after_training(prediction: Prediction, accuracy: float, reward: Rewa
 
 
 def may_be_measured(mode: str, prediction: Prediction, reward: RewardConfig, hard: bool, standing: Standing) -> bool:
-    """Whether a candidate's latency may be measured whatever its accuracy turns out to be:
-    before its training, or after it at accuracy 1 (the rule only grows stricter as the run's
-    standing improves, so one that cannot be measured now never will)."""
+    """Whether a candidate's latency may be measured at some accuracy: before its training, or
+    after it at accuracy 1, the most favourable. The rule after training only grows stricter
+    as the run's standing improves (its top rewards and its best accuracy under the target
+    never fall), so a candidate that cannot be measured now never will."""
     if skip_bound(prediction, reward, hard) is not None:
         return False
     return measure_before_training(mode, prediction, reward, hard) or measure_after_training(prediction, 1.0, reward,

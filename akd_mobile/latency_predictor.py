@@ -16,7 +16,8 @@ The model (`LatencyModel`, kind KIND) is physical first and learned second:
 - band: the 95th percentile of |measured / predicted - 1| over a 5-fold cross-validation of the
   training set, each prediction made by a model that did not see it: 95% of the measured
   latencies lie within predicted * (1 +- band). The search treats a prediction as uncertain
-  within this band.
+  within this band. It is the chosen tile's, the best of five, so slightly optimistic: most
+  so on few architectures (docs/latency-predictor.md).
 
 Fitted models are stored with the measurements they were fitted on
 (`latency_db.predictors`), so a prediction names its model.
@@ -26,20 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from akd_base.errors import PredictorError
-from collections.abc import Sequence
-
 from akd_mobile.latency_features import CHANNEL_TILES, FEATURES, arch_features
 from akd_mobile.space import ArchSpec, get_space
 from latency_db.predictors import KeyedMeasurement, ModelKey, StoredModel, keyed_measurements, latest_model, save_model
 from latency_db.store import LatencyDB
 
-KIND = "ops-tile-nnls-ridge/2"
+KIND = "ops-tile-pool-nnls-ridge/2"
 MIN_ARCHS = 10  # a fit needs at least this many measured architectures
 BAND_QUANTILE = 0.95
 FOLDS = 5

@@ -36,7 +36,6 @@ from akd_mobile.teachers import cached_logits, load_teacher
 from bench_support import fill_block
 
 
-
 def typical_student(space: SearchSpace, target_params: int = 100_000, samples: int = 400) -> ArchSpec:
     """Among seeded samples within 10% of `target_params`, the one of median MACs."""
     rng = random.Random(0)

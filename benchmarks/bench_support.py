@@ -21,12 +21,16 @@ def cache_default_logits(work: Path) -> None:
 
 def fill_block(doc: Path, name: str, block: str) -> None:
     """Put `block` between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` in `doc`,
-    replacing what lay there; a doc without the markers gets them, around the block, at its end."""
+    replacing what lay there; a doc without the markers gets them, around the block, at its end.
+    Markers out of order or repeated stop the benchmark (SystemExit) and leave the doc as it was."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     marked = f"{start}\n{block}\n{end}"
     text = doc.read_text() if doc.exists() else ""
-    if start in text and end in text:
+    counts = (text.count(start), text.count(end))
+    if counts == (1, 1) and text.index(start) < text.index(end):
         text = text[: text.index(start)] + marked + text[text.index(end) + len(end):]
-    else:
+    elif counts == (0, 0):
         text = (text.rstrip() + "\n\n" if text.strip() else "") + marked + "\n"
+    else:
+        raise SystemExit(f"{doc}: the markers of block {name!r} are not one start followed by one end; fix them by hand")
     doc.write_text(text)

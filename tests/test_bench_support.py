@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_support import fill_block  # noqa: E402
@@ -29,3 +31,13 @@ def test_fill_block_creates_a_missing_doc(tmp_path):
     doc = tmp_path / "new.md"
     fill_block(doc, "a", "figures")
     assert doc.read_text() == "<!-- a:start -->\nfigures\n<!-- a:end -->\n"
+
+
+def test_fill_block_refuses_markers_out_of_order_and_leaves_the_doc(tmp_path):
+    doc = tmp_path / "doc.md"
+    for text in ("<!-- a:end -->\nprose\n<!-- a:start -->\n", "<!-- a:start -->\nprose\n",
+                 "<!-- a:start -->\n<!-- a:end -->\n<!-- a:start -->\n<!-- a:end -->\n"):
+        doc.write_text(text)
+        with pytest.raises(SystemExit, match="markers of block 'a'"):
+            fill_block(doc, "a", "figures")
+        assert doc.read_text() == text

@@ -4,7 +4,10 @@ evaluator following it exactly, and the rows saying where each latency came from
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 
+import numpy as np
 import pytest
 
 import akd_mobile.distill as distill_module
@@ -63,11 +66,33 @@ def test_what_may_be_measured_at_any_accuracy_is_exported_ahead():
     top = (0.9, 0.8, 0.7, 0.6, 0.5)
     assert not may_be_measured("hybrid", prediction(5.0), HARD, True, Standing())  # skipped: never measured
     assert may_be_measured("hybrid", prediction(1.05), HARD, True, Standing(top))  # straddles: measured before
-    assert may_be_measured("predict", prediction(1.05), HARD, True, Standing(top, 0.99))  # 0.945 ms may lead under
+    # 0.945 ms at the fast end: under the target, so at accuracy 1 it may lead there (and enter any top)
+    assert may_be_measured("predict", prediction(1.05), HARD, True, Standing((1.0,) * TOP_MEASURED, 0.99))
     # 1.8 ms at the fast end: a reward of at most 1 / 1.8 = 0.556, which enters this top but not one of 0.6s
     assert may_be_measured("predict", prediction(2.0), HARD, True, Standing(top))
     assert not may_be_measured("predict", prediction(2.0), HARD, True, Standing((0.6,) * TOP_MEASURED, 0.6))
     assert may_be_measured("predict", prediction(2.0), HARD, True, Standing((0.6,) * (TOP_MEASURED - 1)))  # not full
+
+
+def test_a_candidate_ruled_out_now_stays_ruled_out_as_the_run_improves():
+    """Whatever the prediction and accuracy: measured after training as the run stands later
+    implies `may_be_measured` as it stood before (the engine exports ahead on the earlier one)."""
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(2000):
+        reward, hard = rng.choice(((HARD, True), (SOFT, False)))
+        p = prediction(rng.uniform(0.2, 6.0), band=rng.uniform(0.0, 0.3), extrapolated=rng.random() < 0.1)
+        earlier = sorted((rng.uniform(0.0, 1.0) for _ in range(rng.randint(0, TOP_MEASURED))), reverse=True)
+        later = sorted(earlier + [rng.uniform(0.0, 1.0) for _ in range(rng.randint(0, 3))], reverse=True)
+        best = rng.choice((None, rng.uniform(0.0, 1.0)))
+        better = None if best is None and rng.random() < 0.5 else max(best or 0.0, rng.uniform(0.0, 1.0))
+        accuracy = rng.uniform(0.0, 1.0)
+        if skip_bound(p, reward, hard) is None and measure_after_training(
+                p, accuracy, reward, Standing(tuple(later[:TOP_MEASURED]), better)):
+            checked += 1
+            for mode in ("predict", "hybrid"):
+                assert may_be_measured(mode, p, reward, hard, Standing(tuple(earlier), best))
+    assert checked > 500
 
 
 MEASURE = search_module.SearchConfig(threads=1, warmup=0, runs=1, min_time_s=0.0).measure
@@ -75,11 +100,13 @@ MEASURE = search_module.SearchConfig(threads=1, warmup=0, runs=1, min_time_s=0.0
 
 @pytest.fixture()
 def modelled_db(tmp_path):
-    """A database holding 30 students at the cost law on this host's device."""
+    """A database holding 30 students at the cost law, times a seeded 2% noise (so a model's
+    band is not zero and some predictions straddle a target), on this host's device."""
     device = LocalDevice()
+    rng = np.random.default_rng(0)
     with open_db(tmp_path / "l.sqlite") as db:
         for arch in archs(30):
-            record(db, arch, law_ms(arch), info=device.info())
+            record(db, arch, law_ms(arch) * math.exp(rng.normal(0, 0.02)), info=device.info())
     return tmp_path / "l.sqlite", device
 
 
@@ -113,7 +140,8 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
 
     monkeypatch.setattr(LatencyService, "latency", fake_latency)
     monkeypatch.setattr(distill_module, "proxy_score", fake_proxy)
-    students = archs(40, seed=5)
+    smallest = SPACE.from_indices([1, 0, 0, 0, 0, 0] * SPACE.num_blocks)  # below the fitted range: extrapolated
+    students = archs(40, seed=5) + [smallest]
     laws = sorted(law_ms(a) for a in students)
     target = laws[len(laws) // 2]
     with open_db(db_path) as db:
@@ -131,10 +159,29 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
             full = Standing((0.4,) * TOP_MEASURED, best_under_accuracy=0.4)
             list(engine.evaluate(iter(enumerate(students)), lambda: full, lambda cid, phase: None))
             expected = [a.key for a in students
-                        if may_be_measured(mode, p := evaluation.predictor.predict(a), reward, True, full)]
+                        if may_be_measured(mode, evaluation.predictor.predict(a), reward, True, full)]
             assert exported == expected
             kept = [a for a in students if skip_bound(evaluation.predictor.predict(a), reward, True) is None]
             assert 0 < len(exported) < len(kept), (mode, len(exported), len(kept))
+            assert set(measured) <= set(exported)
+            # as the run improves (its standing read off the outcomes so far), every candidate measured was
+            # exported ahead: what cannot be measured at some point never is later
+            measured.clear()
+            fresh = in_process_engine(config, search_module.SearchInputs(None, SPACE, None, {}), db, device)
+            ahead: list[str] = []
+            monkeypatch.setattr(fresh.exporter, "submit", lambda batch: ahead.extend(a.key for a in batch))
+            outcomes: list = []
+
+            def improving() -> Standing:
+                done = [o for o in outcomes if o.status == "done"]
+                under = [o.accuracy for o in done if o.latency_ms <= config.target_ms]
+                return Standing(tuple(sorted((o.reward for o in done), reverse=True)[:TOP_MEASURED]),
+                                max(under, default=None))
+
+            outcomes += [o for _, o in fresh.evaluate(iter(enumerate(students)), improving, lambda cid, phase: None)]
+            fresh.close()
+            assert measured and set(measured) <= set(ahead), (mode, len(measured), len(ahead))
+            measured.clear()
             done: list[tuple[float, float, float]] = []  # (reward, accuracy, latency)
             seen = {"skipped": 0, "before": 0, "after": 0, "predicted": 0}
             for arch in students:
