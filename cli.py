@@ -513,6 +513,9 @@ def predictor_options(f):
 @click.option("--n", "count", type=click.IntRange(min=1), required=True, help="Architectures to measure.")
 @click.option("--repeat", type=click.IntRange(min=0), default=0, show_default=True,
               help="Measure the j-th again right after the 2j-th, for j up to K (the device's noise floor).")
+@click.option("--times", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Then pass over them again until each has K measurements, minutes apart (their median is "
+                   "what latency eval judges a prediction against).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
@@ -523,8 +526,8 @@ def predictor_options(f):
 @db_option
 @json_option
 @verbose_option
-def latency_sweep(device_name, count, repeat, seed, fmt, threads, warmup, runs, min_time_s, space_name, input_shape,
-                  classes, db_path, as_json):
+def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup, runs, min_time_s, space_name,
+                  input_shape, classes, db_path, as_json):
     """Measure N students spread over the space's cost range, to fit a predictor (resumable:
     the same command skips what the database holds)."""
     from akd_mobile.latency import LatencyService
@@ -543,10 +546,10 @@ def latency_sweep(device_name, count, repeat, seed, fmt, threads, warmup, runs, 
             click.echo(f"{p.index}/{p.total}  {p.arch_key}  {what}")
 
     with open_db(db_path) as db:
-        summary = run_sweep(LatencyService(open_device(profile), db, settings), archs, repeat, show)
+        summary = run_sweep(LatencyService(open_device(profile), db, settings), archs, repeat, times, show)
     d = dataclasses.asdict(summary)
     emit(d, as_json, f"measured {d['measured']}, already in the database {d['cached']}, failed {d['failed']}, "
-                     f"repeated {d['repeated']}")
+                     f"repeated {d['repeated']}, measured again {d['remeasured']}")
 
 
 @latency.command("fit")
@@ -607,7 +610,9 @@ def latency_eval(device, fmt, threads, runtime, sizes, held_out, seed, db_path, 
     with open_db(db_path, read_only=True) as db:
         key = _model_key(db, device, fmt, threads, runtime)
         e = evaluate_predictor(keyed_measurements(db, key), key, size_list, held_out, seed)
-    lines = [f"{key.describe()}: {e.archs} architectures, {e.held_out} held out (seed {seed})",
+    lines = [f"{key.describe()}: {e.archs} architectures, {e.held_out} held out (seed {seed}), judged against the "
+             f"medians of their {e.held_out_measurements} measurements; each model fitted on one measurement per "
+             "architecture",
              f"{'train':>6}  {'within 10%':>10}  {'95% lower':>9}  {'RMSPE':>6}  {'tau':>5}  {'band':>6}  {'tile':>4}"]
     lines += [f"{r.train_archs:>6}  {r.agreement.share:>10.1%}  {r.agreement.lower:>9.1%}  {r.rmspe:>6.1%}  "
               f"{r.kendall_tau:>5.3f}  {r.band:>6.1%}  {r.tile:>4}" for r in e.results]

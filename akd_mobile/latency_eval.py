@@ -3,9 +3,12 @@ device agrees with itself.
 
 `evaluate_predictor`: the measured architectures are shuffled (seeded) and split by
 architecture key: `held_out` of them are the test set, and for each training size n the
-first n of the rest fit a model. Per n: the share of test predictions within +-10% of the
-measured median with its one-sided 95% Clopper-Pearson lower bound, the RMSPE (root mean
-squared relative error) and Kendall's tau between predicted and measured.
+first n of the rest fit a model, each on its first measurement only (n students, n
+measurements). A held-out architecture's latency is the median of all its measurements
+(`latency sweep --times K` takes K, minutes apart, so that the host's drift averages out
+of the truth a prediction is judged against). Per n: the share of test predictions within
++-10% of that latency with its one-sided 95% Clopper-Pearson lower bound, the RMSPE (root
+mean squared relative error) and Kendall's tau between predicted and measured.
 
 `noise_floor`: per architecture measured more than once, every later measurement against
 its first: the share within +-10%, with the same bound: how well the device repeats itself.
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from akd_base.errors import PredictorError
-from akd_mobile.latency_predictor import MIN_ARCHS, fit_model, training_set
+from akd_mobile.latency_predictor import MIN_ARCHS, fit_model, measured_archs
 from latency_db.predictors import KeyedMeasurement, ModelKey
 
 TOLERANCE = 0.10
@@ -93,6 +96,7 @@ class Evaluation:
         key: what was evaluated.
         archs: measured architectures in all.
         held_out: of them in the test set.
+        held_out_measurements: the measurements whose medians are the test set's latencies.
         results: one per training size that fits beside the test set.
         noise: the device's agreement with itself, None when no architecture was measured twice.
         seed: the shuffle's seed.
@@ -101,6 +105,7 @@ class Evaluation:
     key: ModelKey
     archs: int
     held_out: int
+    held_out_measurements: int
     results: tuple[SizeResult, ...]
     noise: Agreement | None
     seed: int
@@ -111,8 +116,9 @@ class Evaluation:
 
 def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, sizes: tuple[int, ...] = SIZES,
                        held_out: int | None = None, seed: int = 0) -> Evaluation:
-    """Fit on the first n of a seeded shuffle of the architectures, for each n in `sizes`, and
-    test on the `held_out` last (default: half of them).
+    """Fit on the first n of a seeded shuffle of the architectures (one measurement each),
+    for each n in `sizes`, and test on the `held_out` last (default: half of them) against
+    the median of their measurements.
 
     Raises:
         PredictorError: too few architectures to hold some out and fit on MIN_ARCHS, or a
@@ -120,7 +126,9 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
     """
     from scipy.stats import kendalltau
 
-    keys, archs, y = training_set(measurements)
+    keys, archs, medians = measured_archs(measurements)
+    first = np.array([m[0] for m in medians])
+    y = np.array([float(np.median(m)) for m in medians])
     if held_out is None:
         held_out = len(keys) // 2
     if held_out < 1 or len(keys) - held_out < MIN_ARCHS:
@@ -133,7 +141,7 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
     for n in sorted(set(sizes)):
         if not MIN_ARCHS <= n <= len(pool):
             continue
-        model = fit_model([archs[i] for i in pool[:n]], y[pool[:n]])
+        model = fit_model([archs[i] for i in pool[:n]], first[pool[:n]])
         predicted = model.predict([archs[i] for i in test])
         errors = predicted / y[test] - 1.0
         tau = float(kendalltau(predicted, y[test]).statistic) if held_out > 1 else float("nan")
@@ -142,7 +150,8 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
     if not results:
         raise PredictorError(f"no training size in {', '.join(map(str, sizes))} fits beside {held_out} held out of "
                              f"{len(keys)} architectures (sizes must be {MIN_ARCHS} .. {len(pool)})")
-    return Evaluation(key, len(keys), held_out, tuple(results), noise_floor(measurements), seed)
+    return Evaluation(key, len(keys), held_out, sum(len(medians[i]) for i in test), tuple(results),
+                      noise_floor(measurements), seed)
 
 
 def noise_floor(measurements: list[KeyedMeasurement]) -> Agreement | None:

@@ -143,16 +143,22 @@ def _fit(x: np.ndarray, y: np.ndarray, tile: int) -> LatencyModel:
                         (float(y.min()), float(y.max())), tile)
 
 
-def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], list[ArchSpec], np.ndarray]:
-    """Per architecture (first measured first): its key, the architecture and the median of
-    its measured medians."""
+def measured_archs(measurements: list[KeyedMeasurement]) -> tuple[list[str], list[ArchSpec], list[list[float]]]:
+    """Per architecture (first measured first): its key, the architecture and its measured
+    medians in the order of `measurements` (oldest first)."""
     by_arch: dict[str, list[KeyedMeasurement]] = {}
     for m in measurements:
         by_arch.setdefault(m.arch_key, []).append(m)
     keys = list(by_arch)
     archs = [ArchSpec.from_json(by_arch[k][0].arch_json) for k in keys]
-    y = np.array([float(np.median([m.median_ms for m in by_arch[k]])) for k in keys])
-    return keys, archs, y
+    return keys, archs, [[m.median_ms for m in by_arch[k]] for k in keys]
+
+
+def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], list[ArchSpec], np.ndarray]:
+    """Per architecture (first measured first): its key, the architecture and the median of
+    its measured medians."""
+    keys, archs, medians = measured_archs(measurements)
+    return keys, archs, np.array([float(np.median(m)) for m in medians])
 
 
 def features(archs: Sequence[ArchSpec], tile: int) -> np.ndarray:

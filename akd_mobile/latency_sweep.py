@@ -8,7 +8,10 @@ the latency service (an architecture the database holds costs nothing, so the sa
 resumes). For the device's noise floor (`akd_mobile.latency_eval.noise_floor`) it measures
 the j-th architecture a second time right after the 2j-th, for j up to `repeat`: the repeats
 are spread over the sweep (so they see the host's drift), and an interrupted sweep has
-repeated half of what it measured, up to `repeat`.
+repeated half of what it measured, up to `repeat`. With `times` above 1 it then passes over
+the architectures again, until each has `times` measurements taken minutes apart: their
+median is a truer latency to test a predictor against than one measurement on a host whose
+speed drifts (`akd_mobile.latency_eval`).
 """
 
 from __future__ import annotations
@@ -69,26 +72,29 @@ class SweepProgress:
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """What a sweep did: architectures measured now, found in the database, failed, repeated."""
+    """What a sweep did: architectures measured now, found in the database, failed, repeated
+    (for the noise floor), and measured again in the later passes."""
 
     measured: int
     cached: int
     failed: int
     repeated: int
+    remeasured: int = 0
 
 
-def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0,
+def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, times: int = 1,
               on_progress: Callable[[SweepProgress], None] = lambda progress: None) -> SweepSummary:
     """Measure each of `archs` unless the database holds it, and the j-th again after the
-    2j-th (j <= `repeat`) unless it has a second measurement already. An architecture's own
-    failure (it does not convert) is reported and skipped; the device's or the host's stops
-    the sweep (raised).
+    2j-th (j <= `repeat`) unless it has a second measurement already; then pass over them
+    again, measuring in pass p each that has fewer than p measurements, up to p = `times`.
+    An architecture's own failure (it does not convert) is reported and skipped; the
+    device's or the host's stops the sweep (raised).
     """
     from latency_db.predictors import measurement_counts
 
     assert service.db is not None, "a sweep stores what it measures"
     repeats = min(repeat, len(archs) // 2)
-    total = len(archs) + repeats
+    total = len(archs) + repeats + (times - 1) * len(archs)
     measured = cached = failed = repeated = 0
     done = 0
     for position, arch in enumerate(archs, start=1):
@@ -115,4 +121,17 @@ def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0,
                 hit = service.lookup(first)
                 on_progress(SweepProgress(done, total, first.key, hit and hit.result.median_ms, True,
                                           None if hit else "not repeated: its first measurement failed"))
-    return SweepSummary(measured, cached, failed, repeated)
+    remeasured = 0
+    for pass_number in range(2, times + 1):
+        counts = measurement_counts(service.db, service.key)
+        for arch in archs:
+            done += 1
+            if 0 < counts.get(arch.key, 0) < pass_number:
+                out = service.store(service.measure(arch))
+                remeasured += 1
+                on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, False))
+            else:
+                hit = service.lookup(arch)
+                on_progress(SweepProgress(done, total, arch.key, hit and hit.result.median_ms, True,
+                                          None if hit else "not measured again: its first measurement failed"))
+    return SweepSummary(measured, cached, failed, repeated, remeasured)

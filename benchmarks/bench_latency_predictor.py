@@ -1,9 +1,9 @@
 """How well the latency predictor does on students it never saw, beside the device's noise floor.
 
-    .venv/bin/python benchmarks/bench_latency_predictor.py [--n 300] [--repeat 40] [--format tflite]
+    .venv/bin/python benchmarks/bench_latency_predictor.py [--n 300] [--repeat 40] [--times 1] [--format tflite]
         [--held-out 150] [--sizes 10,30,100,300] [--db benchmarks/results/latency-sweep-FORMAT.sqlite] [--skip-sweep]
 
-1. `akd-mobile latency sweep --n N --repeat R` on the local profile (resumable: run the same
+1. `akd-mobile latency sweep --n N --repeat R --times K` on the local profile (resumable: run the same
    command again after an interruption; what the database holds costs nothing; a missing
    database is first rebuilt from the CSV of step 3, so a sweep goes on across machines of the
    same device fingerprint);
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--times", type=int, default=1, help="measurements per student, in passes minutes apart")
     parser.add_argument("--format", dest="fmt", choices=("tflite", "pte"), default="tflite")
     parser.add_argument("--held-out", type=int, default=None, help="default: 150 when there are 250 or more, else half")
     parser.add_argument("--sizes", default="10,30,100,300")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     if not args.skip_sweep:
         sweep = subprocess.run([str(Path(sys.executable).with_name("akd-mobile")), "latency", "sweep", "--n",
-                                str(args.n), "--repeat", str(args.repeat), "--format", args.fmt, "--db", str(args.db)])
+                                str(args.n), "--repeat", str(args.repeat), "--times", str(args.times), "--format", args.fmt, "--db", str(args.db)])
         if sweep.returncode != 0:
             raise SystemExit(f"the sweep stopped (exit {sweep.returncode}); run the same command again to resume")
     sweep_s = time.time() - start
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "--json"))
     _akd("latency", "export", "--csv", str(csv), "--without-samples", "--db", str(args.db))
     command = (f".venv/bin/python benchmarks/bench_latency_predictor.py --n {args.n} --repeat {args.repeat} "
-               f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else "")
+               + (f"--times {args.times} " if args.times > 1 else "") + f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else "")
                + (" --skip-sweep" if args.skip_sweep else ""))
     sweep = (f"No sweep in this run: the measurements already held, of `{csv.relative_to(ROOT)}`." if args.skip_sweep
              else f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after the sweep "
@@ -88,8 +89,9 @@ def _block(e: dict, command: str, sweep: str) -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {key['runtime_version']}, "
         f"{key['threads']} thread(s), device {key['device_fingerprint']}. {sweep}",
         "",
-        f"{e['archs']} measured students, {e['held_out']} held out (seed {e['seed']}); each row a model fitted on the "
-        "first n of the rest.",
+        f"{e['archs']} measured students, {e['held_out']} held out (seed {e['seed']}), each judged against the median "
+        f"of its measurements ({e['held_out_measurements']} in all); each row a model fitted on the first n of the "
+        "rest, one measurement each.",
         "",
         "| training students | within +-10% | 95% lower bound | RMSPE | Kendall tau | model's own band | channel tile |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

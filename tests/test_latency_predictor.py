@@ -21,7 +21,7 @@ from akd_mobile.latency_sweep import run_sweep, sweep_archs
 from akd_mobile.space import get_space
 from cli import cli
 from latency_db import open_db
-from latency_db.predictors import KeyedMeasurement, ModelKey, keyed_measurements, resolve_key
+from latency_db.predictors import KeyedMeasurement, ModelKey, keyed_measurements, measurement_counts, resolve_key
 from latency_db.store import Artifact
 
 SPACE = get_space("mnasnet-small")
@@ -199,6 +199,22 @@ def test_eval_holds_out_by_architecture(tmp_path):
         evaluate_predictor(keyed_measurements(open_db(db_path), KEY), KEY, held_out=75)
 
 
+def test_eval_fits_on_first_measurements_and_judges_against_medians():
+    """A student's later measurements never reach the fit (n students, n measurements), and a
+    held-out student is judged against the median of all of its own."""
+    students = archs(60, seed=3)
+    # each student measured at the law, then twice 30% slower
+    values = [(a, law_ms(a) * scale) for scale in (1.0, 1.3, 1.3) for a in students]
+    measurements = [KeyedMeasurement(f"u{i}", a.key, a.to_json(), ms, f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}")
+                    for i, (a, ms) in enumerate(values)]
+    e = evaluate_predictor(measurements, KEY, sizes=(30,), held_out=30)
+    assert e.held_out_measurements == 90
+    # fitted on the first measurements it predicts the law, judged against medians 30% slower:
+    # every error is 1/1.3 - 1 (a fit on medians, or a test on first measurements, would make it 0)
+    r = e.results[0]
+    assert r.agreement.within == 0 and r.rmspe == pytest.approx(1 - 1 / 1.3, abs=1e-3)
+
+
 # ---------------------------------------------------------------- the sweep
 
 
@@ -272,6 +288,29 @@ def test_the_sweep_resumes_repeats_once_and_skips_a_failing_student(tmp_path):
     with open_db(tmp_path / "s.sqlite") as db:
         floor = noise_floor(keyed_measurements(db, KEY))
     assert floor.trials == 3 and floor.within == 3  # the law gives the same latency twice
+
+
+def test_later_passes_measure_each_student_until_it_has_k_and_resume(tmp_path):
+    picked = sweep_archs(SPACE, 6, seed=2)
+    key = [a.key for a in picked]
+    with open_db(tmp_path / "s.sqlite") as db:
+        # pass 1 measures six (the first repeated after the second), pass 2 stops after two
+        first = FakeService(db, fail={key[3]}, down_after=8)
+        with pytest.raises(DeviceUnavailable):
+            run_sweep(first, picked, repeat=1, times=3)
+        assert first.measured == [key[0], key[1], key[0], key[2], key[4], key[5], key[1], key[2]]
+        progress = []
+        again = FakeService(db, fail={key[3]})
+        summary = run_sweep(again, picked, repeat=1, times=3, on_progress=progress.append)
+        # pass 2: 4 and 5 (0 had its repeat, 1 and 2 their second before the device went); pass 3: all but 3
+        assert again.measured == [key[4], key[5], key[0], key[1], key[2], key[4], key[5]]
+        assert (summary.measured, summary.cached, summary.failed, summary.remeasured) == (0, 5, 1, 7)
+        assert progress[-1].total == 6 + 1 + 2 * 6 and [p.index for p in progress] == list(range(1, 20))
+        assert [p.error for p in progress if p.arch_key == key[3]][1:] == ["not measured again: its first "
+                                                                        "measurement failed"] * 2
+        assert measurement_counts(db, KEY) == {k: 3 for k in key if k != key[3]}
+        third = FakeService(db, fail={key[3]})
+        assert run_sweep(third, picked, repeat=1, times=3).remeasured == 0 and third.measured == []
 
 
 # ---------------------------------------------------------------- the commands
