@@ -613,9 +613,14 @@ def latency_eval(device, fmt, threads, runtime, sizes, held_out, seed, db_path, 
     lines = [f"{key.describe()}: {e.archs} architectures, {e.held_out} held out (seed {seed}), judged against the "
              f"medians of their {e.held_out_measurements} measurements; each model fitted on one measurement per "
              "architecture",
-             f"{'train':>6}  {'within 10%':>10}  {'95% lower':>9}  {'RMSPE':>6}  {'tau':>5}  {'band':>6}  {'tile':>4}"]
+             f"{'train':>6}  {'within 10%':>10}  {'95% lower':>9}  {'RMSPE':>6}  {'tau':>5}  {'band':>6}  {'tile':>4}  "
+             f"{'near a measurement':>18}"]
     lines += [f"{r.train_archs:>6}  {r.agreement.share:>10.1%}  {r.agreement.lower:>9.1%}  {r.rmspe:>6.1%}  "
-              f"{r.kendall_tau:>5.3f}  {r.band:>6.1%}  {r.tile:>4}" for r in e.results]
+              f"{r.kendall_tau:>5.3f}  {r.band:>6.1%}  {r.tile:>4}  {r.near_a_measurement / e.held_out:>18.1%}"
+              for r in e.results]
+    spread, of = e.held_out_spread
+    lines.append("held out and measured more than once: none" if not of else
+                 f"held out and measured more than once: {of}, of which {spread} spread by more than 10% themselves")
     noise = e.noise
     lines.append("noise floor: no architecture measured twice (latency sweep --repeat K)" if noise is None else
                  f"noise floor: {noise.within} of {noise.trials} repeated measurements within 10% of the first "

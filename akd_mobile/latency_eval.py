@@ -8,7 +8,10 @@ measurements). A held-out architecture's latency is the median of all its measur
 (`latency sweep --times K` takes K, minutes apart, so that the host's drift averages out
 of the truth a prediction is judged against). Per n: the share of test predictions within
 +-10% of that latency with its one-sided 95% Clopper-Pearson lower bound, the RMSPE (root
-mean squared relative error) and Kendall's tau between predicted and measured.
+mean squared relative error) and Kendall's tau between predicted and measured; and how many
+predictions lie within +-10% of at least one of their architecture's own measurements,
+beside how many held-out architectures' measurements spread by more than 10% themselves:
+a miss near one of its own measurements is the device's noise as much as the predictor's.
 
 `noise_floor`: per architecture measured more than once, every later measurement against
 its first: the share within +-10%, with the same bound: how well the device repeats itself.
@@ -78,6 +81,8 @@ class SizeResult:
         kendall_tau: rank agreement of predicted and measured on the held-out set.
         band: the model's own (cross-validated) relative error band.
         tile: the channel tile its fit chose.
+        near_a_measurement: held-out predictions within +-10% of at least one of their
+            architecture's own measurements (a miss that is, lies within the device's noise).
     """
 
     train_archs: int
@@ -86,6 +91,7 @@ class SizeResult:
     kendall_tau: float
     band: float
     tile: int
+    near_a_measurement: int
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ class Evaluation:
         archs: measured architectures in all.
         held_out: of them in the test set.
         held_out_measurements: the measurements whose medians are the test set's latencies.
+        held_out_spread: held-out architectures whose own measurements spread by more than
+            10% (slowest over fastest), of those measured more than once, as (spread, of).
         results: one per training size that fits beside the test set.
         noise: the device's agreement with itself, None when no architecture was measured twice.
         seed: the shuffle's seed.
@@ -106,6 +114,7 @@ class Evaluation:
     archs: int
     held_out: int
     held_out_measurements: int
+    held_out_spread: tuple[int, int]
     results: tuple[SizeResult, ...]
     noise: Agreement | None
     seed: int
@@ -145,12 +154,15 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
         predicted = model.predict([archs[i] for i in test])
         errors = predicted / y[test] - 1.0
         tau = float(kendalltau(predicted, y[test]).statistic) if held_out > 1 else float("nan")
+        near = sum(any(abs(p / m - 1.0) <= TOLERANCE + 1e-12 for m in medians[i]) for p, i in zip(predicted, test))
         results.append(SizeResult(n, Agreement.of(errors), float(np.sqrt(np.mean(errors**2))), tau, model.band,
-                                  model.tile))
+                                  model.tile, near))
     if not results:
         raise PredictorError(f"no training size in {', '.join(map(str, sizes))} fits beside {held_out} held out of "
                              f"{len(keys)} architectures (sizes must be {MIN_ARCHS} .. {len(pool)})")
-    return Evaluation(key, len(keys), held_out, sum(len(medians[i]) for i in test), tuple(results),
+    repeated = [medians[i] for i in test if len(medians[i]) > 1]
+    spread = (sum(max(m) / min(m) - 1.0 > TOLERANCE for m in repeated), len(repeated))
+    return Evaluation(key, len(keys), held_out, sum(len(medians[i]) for i in test), spread, tuple(results),
                       noise_floor(measurements), seed)
 
 

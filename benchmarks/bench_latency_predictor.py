@@ -93,14 +93,19 @@ def _block(e: dict, command: str, sweep: str) -> str:
         f"of its measurements ({e['held_out_measurements']} in all); each row a model fitted on the first n of the "
         "rest, one measurement each.",
         "",
-        "| training students | within +-10% | 95% lower bound | RMSPE | Kendall tau | model's own band | channel tile |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| training students | within +-10% | 95% lower bound | RMSPE | Kendall tau | model's own band | channel tile "
+        "| within +-10% of one of its own measurements |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in e["results"]:
         a = r["agreement"]
         lines.append(f"| {r['train_archs']} | {a['within']}/{a['trials']} = {a['share']:.1%} | {a['lower']:.1%} | "
-                     f"{r['rmspe']:.1%} | {r['kendall_tau']:.3f} | +-{r['band']:.1%} | {r['tile']} |")
+                     f"{r['rmspe']:.1%} | {r['kendall_tau']:.3f} | +-{r['band']:.1%} | {r['tile']} | "
+                     f"{r['near_a_measurement']}/{a['trials']} |")
+    spread, of = e["held_out_spread"]
     noise = e["noise"]
+    lines += ["", f"Held-out students measured more than once: {of}; of them, {spread} have measurements that spread "
+              "by more than 10% (slowest over fastest) themselves."]
     lines += ["", "Noise floor (every repeated measurement against the first of its student): " + (
         "no student was measured twice." if noise is None else
         f"{noise['within']}/{noise['trials']} = {noise['share']:.1%} within +-10% "

@@ -213,6 +213,10 @@ def test_eval_fits_on_first_measurements_and_judges_against_medians():
     # every error is 1/1.3 - 1 (a fit on medians, or a test on first measurements, would make it 0)
     r = e.results[0]
     assert r.agreement.within == 0 and r.rmspe == pytest.approx(1 - 1 / 1.3, abs=1e-3)
+    # yet each prediction is its student's first measurement, and each student's own measurements spread by 30%
+    assert r.near_a_measurement == 30 and e.held_out_spread == (30, 30)
+    once = evaluate_predictor(measurements[:60], KEY, sizes=(30,), held_out=30)
+    assert once.held_out_spread == (0, 0) and once.results[0].near_a_measurement == once.results[0].agreement.within
 
 
 # ---------------------------------------------------------------- the sweep
@@ -331,9 +335,10 @@ def test_fit_predict_and_eval_commands(tmp_path):
     assert text.startswith(f"{student.key}  ") and f"latency model {d['model_id']})" in text
     e = run("latency", "eval", "--device", "local", "--sizes", "10,30", "--held-out", 10, "--db", db)
     assert e.exit_code == 0, e.output
-    assert "40 architectures, 10 held out" in e.stdout and len(e.stdout.splitlines()) == 5
+    assert "40 architectures, 10 held out" in e.stdout and len(e.stdout.splitlines()) == 6
     header, first = e.stdout.splitlines()[1:3]
-    assert header.split()[-1] == "tile" and int(first.split()[-1]) in CHANNEL_TILES
+    assert header.split()[-4] == "tile" and int(first.split()[-2]) in CHANNEL_TILES
+    assert e.stdout.splitlines()[4].startswith("held out and measured more than once: ")
     assert "noise floor: 4 of 4 repeated measurements within 10% of the first (100.0%" in e.stdout  # 2% noise
 
 
