@@ -514,7 +514,7 @@ def predictor_options(f):
 @click.option("--repeat", type=click.IntRange(min=0), default=0, show_default=True,
               help="Measure the j-th again right after the 2j-th, for j up to K (the device's noise floor).")
 @click.option("--times", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Then pass over them again until each has K measurements, minutes apart (their median is "
+              help="Then pass over them again until each has K measurements, a whole pass apart (their median is "
                    "what latency eval judges a prediction against).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
@@ -622,7 +622,8 @@ def latency_eval(device, fmt, threads, runtime, sizes, held_out, seed, db_path, 
     lines.append("held out and measured more than once: none" if not of else
                  f"held out and measured more than once: {of}, of which {spread} spread by more than 10% themselves")
     noise = e.noise
-    lines.append("noise floor: no architecture measured twice (latency sweep --repeat K)" if noise is None else
+    lines.append("noise floor: no architecture measured twice (latency sweep --repeat K or --times K)"
+                 if noise is None else
                  f"noise floor: {noise.within} of {noise.trials} repeated measurements within 10% of the first "
                  f"({noise.share:.1%}, 95% lower bound {noise.lower:.1%})")
     emit(e.to_dict(), as_json, "\n".join(lines))

@@ -5,13 +5,15 @@ device agrees with itself.
 architecture key: `held_out` of them are the test set, and for each training size n the
 first n of the rest fit a model, each on its first measurement only (n students, n
 measurements). A held-out architecture's latency is the median of all its measurements
-(`latency sweep --times K` takes K, minutes apart, so that the host's drift averages out
+(`latency sweep --times K` takes K, a whole pass apart, so that the host's drift averages out
 of the truth a prediction is judged against). Per n: the share of test predictions within
 +-10% of that latency with its one-sided 95% Clopper-Pearson lower bound, the RMSPE (root
 mean squared relative error) and Kendall's tau between predicted and measured; and how many
 predictions lie within +-10% of at least one of their architecture's own measurements,
 beside how many held-out architectures' measurements spread by more than 10% themselves:
 a miss near one of its own measurements is the device's noise as much as the predictor's.
+These figures describe a fit on one measurement per architecture; `latency fit` stores a
+model fitted on every measurement (an architecture at the median of its own).
 
 `noise_floor`: per architecture measured more than once, every later measurement against
 its first: the share within +-10%, with the same bound: how well the device repeats itself.
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from akd_base.errors import PredictorError
-from akd_mobile.latency_predictor import MIN_ARCHS, fit_model, measured_archs
+from akd_mobile.latency_predictor import MIN_ARCHS, arch_latency, fit_model, measured_archs
 from latency_db.predictors import KeyedMeasurement, ModelKey
 
 TOLERANCE = 0.10
@@ -45,6 +47,11 @@ def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFI
     if not 0 <= successes <= trials or trials < 1:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
     return 0.0 if successes == 0 else float(beta.ppf(1 - confidence, successes, trials - successes + 1))
+
+
+def within_tolerance(relative_errors: np.ndarray | float) -> np.ndarray | bool:
+    """Whether each relative error is within +-TOLERANCE (10% itself included)."""
+    return np.abs(relative_errors) <= TOLERANCE + 1e-12
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class Agreement:
 
     @classmethod
     def of(cls, relative_errors: np.ndarray) -> Agreement:
-        within = int(np.sum(np.abs(relative_errors) <= TOLERANCE + 1e-12))
+        within = int(np.sum(within_tolerance(relative_errors)))
         n = len(relative_errors)
         return cls(n, within, within / n, clopper_pearson_lower(within, n))
 
@@ -82,7 +89,8 @@ class SizeResult:
         band: the model's own (cross-validated) relative error band.
         tile: the channel tile its fit chose.
         near_a_measurement: held-out predictions within +-10% of at least one of their
-            architecture's own measurements (a miss that is, lies within the device's noise).
+            architecture's own measurements, hits included (a miss counted here lies
+            within the device's own spread).
     """
 
     train_archs: int
@@ -102,7 +110,7 @@ class Evaluation:
         key: what was evaluated.
         archs: measured architectures in all.
         held_out: of them in the test set.
-        held_out_measurements: the measurements whose medians are the test set's latencies.
+        held_out_measurements: how many measurements the test set's latencies are medians of.
         held_out_spread: held-out architectures whose own measurements spread by more than
             10% (slowest over fastest), of those measured more than once, as (spread, of).
         results: one per training size that fits beside the test set.
@@ -127,7 +135,8 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
                        held_out: int | None = None, seed: int = 0) -> Evaluation:
     """Fit on the first n of a seeded shuffle of the architectures (one measurement each),
     for each n in `sizes`, and test on the `held_out` last (default: half of them) against
-    the median of their measurements.
+    the median of their measurements. `measurements` are oldest first (as
+    `keyed_measurements` gives them): an architecture's first is the one it is fitted on.
 
     Raises:
         PredictorError: too few architectures to hold some out and fit on MIN_ARCHS, or a
@@ -135,9 +144,9 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
     """
     from scipy.stats import kendalltau
 
-    keys, archs, medians = measured_archs(measurements)
-    first = np.array([m[0] for m in medians])
-    y = np.array([float(np.median(m)) for m in medians])
+    keys, archs, per_arch_ms = measured_archs(measurements)
+    first = np.array([ms[0] for ms in per_arch_ms])
+    y = arch_latency(per_arch_ms)
     if held_out is None:
         held_out = len(keys) // 2
     if held_out < 1 or len(keys) - held_out < MIN_ARCHS:
@@ -154,15 +163,15 @@ def evaluate_predictor(measurements: list[KeyedMeasurement], key: ModelKey, size
         predicted = model.predict([archs[i] for i in test])
         errors = predicted / y[test] - 1.0
         tau = float(kendalltau(predicted, y[test]).statistic) if held_out > 1 else float("nan")
-        near = sum(any(abs(p / m - 1.0) <= TOLERANCE + 1e-12 for m in medians[i]) for p, i in zip(predicted, test))
+        near = sum(any(within_tolerance(p / m - 1.0) for m in per_arch_ms[i]) for p, i in zip(predicted, test))
         results.append(SizeResult(n, Agreement.of(errors), float(np.sqrt(np.mean(errors**2))), tau, model.band,
                                   model.tile, near))
     if not results:
         raise PredictorError(f"no training size in {', '.join(map(str, sizes))} fits beside {held_out} held out of "
                              f"{len(keys)} architectures (sizes must be {MIN_ARCHS} .. {len(pool)})")
-    repeated = [medians[i] for i in test if len(medians[i]) > 1]
-    spread = (sum(max(m) / min(m) - 1.0 > TOLERANCE for m in repeated), len(repeated))
-    return Evaluation(key, len(keys), held_out, sum(len(medians[i]) for i in test), spread, tuple(results),
+    multi = [per_arch_ms[i] for i in test if len(per_arch_ms[i]) > 1]
+    spread = (sum(not within_tolerance(max(ms) / min(ms) - 1.0) for ms in multi), len(multi))
+    return Evaluation(key, len(keys), held_out, sum(len(per_arch_ms[i]) for i in test), spread, tuple(results),
                       noise_floor(measurements), seed)
 
 

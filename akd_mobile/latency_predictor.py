@@ -144,8 +144,8 @@ def _fit(x: np.ndarray, y: np.ndarray, tile: int) -> LatencyModel:
 
 
 def measured_archs(measurements: list[KeyedMeasurement]) -> tuple[list[str], list[ArchSpec], list[list[float]]]:
-    """Per architecture (first measured first): its key, the architecture and its measured
-    medians in the order of `measurements` (oldest first)."""
+    """Per architecture (first measured first): its key, the architecture and the median
+    latency of each of its measurements, in the order of `measurements` (oldest first)."""
     by_arch: dict[str, list[KeyedMeasurement]] = {}
     for m in measurements:
         by_arch.setdefault(m.arch_key, []).append(m)
@@ -154,11 +154,16 @@ def measured_archs(measurements: list[KeyedMeasurement]) -> tuple[list[str], lis
     return keys, archs, [[m.median_ms for m in by_arch[k]] for k in keys]
 
 
+def arch_latency(per_arch_ms: list[list[float]]) -> np.ndarray:
+    """Each architecture's latency: the median of its measurements' medians."""
+    return np.array([float(np.median(ms)) for ms in per_arch_ms])
+
+
 def training_set(measurements: list[KeyedMeasurement]) -> tuple[list[str], list[ArchSpec], np.ndarray]:
-    """Per architecture (first measured first): its key, the architecture and the median of
-    its measured medians."""
-    keys, archs, medians = measured_archs(measurements)
-    return keys, archs, np.array([float(np.median(m)) for m in medians])
+    """Per architecture (first measured first): its key, the architecture and its latency
+    (`arch_latency`)."""
+    keys, archs, per_arch_ms = measured_archs(measurements)
+    return keys, archs, arch_latency(per_arch_ms)
 
 
 def features(archs: Sequence[ArchSpec], tile: int) -> np.ndarray:

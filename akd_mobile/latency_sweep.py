@@ -9,9 +9,9 @@ resumes). For the device's noise floor (`akd_mobile.latency_eval.noise_floor`) i
 the j-th architecture a second time right after the 2j-th, for j up to `repeat`: the repeats
 are spread over the sweep (so they see the host's drift), and an interrupted sweep has
 repeated half of what it measured, up to `repeat`. With `times` above 1 it then passes over
-the architectures again, until each has `times` measurements taken minutes apart: their
-median is a truer latency to test a predictor against than one measurement on a host whose
-speed drifts (`akd_mobile.latency_eval`).
+the architectures again, until each has `times` measurements, each pass a whole sweep after
+the last: their median is a truer latency to test a predictor against than one measurement
+on a host whose speed drifts (`akd_mobile.latency_eval`).
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ class SweepProgress:
 
     Attributes:
         index: its position, from 1.
-        total: measurements the sweep makes (archs plus repeats).
+        total: measurements the sweep makes (archs, repeats, and archs again per later pass).
         arch_key: the architecture.
         median_ms: its latency, None when it failed.
-        cached: True when the database already held it.
+        cached: True when the database already held it (in a repeat or a later pass: it was
+            not measured again, as it had enough measurements or none).
         error: why it failed, None otherwise.
     """
 
@@ -79,7 +80,7 @@ class SweepSummary:
     cached: int
     failed: int
     repeated: int
-    remeasured: int = 0
+    remeasured: int
 
 
 def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, times: int = 1,
@@ -95,8 +96,28 @@ def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, t
     assert service.db is not None, "a sweep stores what it measures"
     repeats = min(repeat, len(archs) // 2)
     total = len(archs) + repeats + (times - 1) * len(archs)
-    measured = cached = failed = repeated = 0
+    measured = cached = failed = repeated = remeasured = 0
     done = 0
+
+    def again(arch: ArchSpec, wanted: bool, why_not: str) -> bool:
+        """Measure `arch` once more if `wanted` (True when it was), else report what the
+        database holds; an architecture's own failure is reported, the device's raised."""
+        nonlocal failed
+        if wanted:
+            try:
+                out = service.store(service.measure(arch))
+            except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the sweep goes on
+                if stops_the_run(exc):
+                    raise
+                failed += 1
+                on_progress(SweepProgress(done, total, arch.key, None, False, error_line(exc)))
+                return False
+            on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, False))
+            return True
+        hit = service.lookup(arch)
+        on_progress(SweepProgress(done, total, arch.key, hit and hit.result.median_ms, True, None if hit else why_not))
+        return False
+
     for position, arch in enumerate(archs, start=1):
         done += 1
         try:
@@ -113,25 +134,12 @@ def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, t
         if position % 2 == 0 and position // 2 <= repeats:
             done += 1
             first = archs[position // 2 - 1]
-            if measurement_counts(service.db, service.key).get(first.key, 0) == 1:  # not failed, not repeated yet
-                out = service.store(service.measure(first))
-                repeated += 1
-                on_progress(SweepProgress(done, total, first.key, out.result.median_ms, False))
-            else:
-                hit = service.lookup(first)
-                on_progress(SweepProgress(done, total, first.key, hit and hit.result.median_ms, True,
-                                          None if hit else "not repeated: its first measurement failed"))
-    remeasured = 0
+            once = measurement_counts(service.db, service.key).get(first.key, 0) == 1  # not failed, not repeated yet
+            repeated += again(first, once, "not repeated: its first measurement failed")
     for pass_number in range(2, times + 1):
         counts = measurement_counts(service.db, service.key)
         for arch in archs:
             done += 1
-            if 0 < counts.get(arch.key, 0) < pass_number:
-                out = service.store(service.measure(arch))
-                remeasured += 1
-                on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, False))
-            else:
-                hit = service.lookup(arch)
-                on_progress(SweepProgress(done, total, arch.key, hit and hit.result.median_ms, True,
-                                          None if hit else "not measured again: its first measurement failed"))
+            remeasured += again(arch, 0 < counts.get(arch.key, 0) < pass_number,
+                                "not measured again: its first measurement failed")
     return SweepSummary(measured, cached, failed, repeated, remeasured)

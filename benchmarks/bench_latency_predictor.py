@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=40)
-    parser.add_argument("--times", type=int, default=1, help="measurements per student, in passes minutes apart")
+    parser.add_argument("--times", type=int, default=1, help="measurements per student, one pass of the sweep apart")
     parser.add_argument("--format", dest="fmt", choices=("tflite", "pte"), default="tflite")
     parser.add_argument("--held-out", type=int, default=None, help="default: 150 when there are 250 or more, else half")
     parser.add_argument("--sizes", default="10,30,100,300")
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     if not args.skip_sweep:
         sweep = subprocess.run([str(Path(sys.executable).with_name("akd-mobile")), "latency", "sweep", "--n",
-                                str(args.n), "--repeat", str(args.repeat), "--times", str(args.times), "--format", args.fmt, "--db", str(args.db)])
+                                str(args.n), "--repeat", str(args.repeat), "--times", str(args.times),
+                                "--format", args.fmt, "--db", str(args.db)])
         if sweep.returncode != 0:
             raise SystemExit(f"the sweep stopped (exit {sweep.returncode}); run the same command again to resume")
     sweep_s = time.time() - start
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "--json"))
     _akd("latency", "export", "--csv", str(csv), "--without-samples", "--db", str(args.db))
     command = (f".venv/bin/python benchmarks/bench_latency_predictor.py --n {args.n} --repeat {args.repeat} "
-               + (f"--times {args.times} " if args.times > 1 else "") + f"--format {args.fmt} --sizes {args.sizes}" + (f" --held-out {args.held_out}" if args.held_out else "")
-               + (" --skip-sweep" if args.skip_sweep else ""))
+               + (f"--times {args.times} " if args.times > 1 else "") + f"--format {args.fmt} --sizes {args.sizes}"
+               + (f" --held-out {args.held_out}" if args.held_out else "") + (" --skip-sweep" if args.skip_sweep else ""))
     sweep = (f"No sweep in this run: the measurements already held, of `{csv.relative_to(ROOT)}`." if args.skip_sweep
              else f"Load average {load_before[0]:.2f} before and {load_after[0]:.2f} after the sweep "
                   f"({sweep_s / 60:.0f} min). Measurements: `{csv.relative_to(ROOT)}`.")
@@ -104,8 +105,8 @@ def _block(e: dict, command: str, sweep: str) -> str:
                      f"{r['near_a_measurement']}/{a['trials']} |")
     spread, of = e["held_out_spread"]
     noise = e["noise"]
-    lines += ["", f"Held-out students measured more than once: {of}; of them, {spread} have measurements that spread "
-              "by more than 10% (slowest over fastest) themselves."]
+    lines += ["", "Held-out students measured more than once: " + (
+        "none." if not of else f"{of}, of which {spread} spread by more than 10% (slowest over fastest) themselves.")]
     lines += ["", "Noise floor (every repeated measurement against the first of its student): " + (
         "no student was measured twice." if noise is None else
         f"{noise['within']}/{noise['trials']} = {noise['share']:.1%} within +-10% "

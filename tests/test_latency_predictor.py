@@ -315,6 +315,13 @@ def test_later_passes_measure_each_student_until_it_has_k_and_resume(tmp_path):
         assert measurement_counts(db, KEY) == {k: 3 for k in key if k != key[3]}
         third = FakeService(db, fail={key[3]})
         assert run_sweep(third, picked, repeat=1, times=3).remeasured == 0 and third.measured == []
+        # a student that fails in a later pass is reported, and the pass goes on
+        progress = []
+        fourth = FakeService(db, fail={key[0], key[3]})
+        summary = run_sweep(fourth, picked, repeat=1, times=4, on_progress=progress.append)
+        assert fourth.measured == [key[1], key[2], key[4], key[5]]
+        assert (summary.failed, summary.remeasured) == (2, 4) and len(progress) == 6 + 1 + 3 * 6
+        assert progress[-6].arch_key == key[0] and "does not convert" in progress[-6].error
 
 
 # ---------------------------------------------------------------- the commands
@@ -338,7 +345,13 @@ def test_fit_predict_and_eval_commands(tmp_path):
     assert "40 architectures, 10 held out" in e.stdout and len(e.stdout.splitlines()) == 6
     header, first = e.stdout.splitlines()[1:3]
     assert header.split()[-4] == "tile" and int(first.split()[-2]) in CHANNEL_TILES
-    assert e.stdout.splitlines()[4].startswith("held out and measured more than once: ")
+    d = json.loads(run("latency", "eval", "--device", "local", "--sizes", "10,30", "--held-out", 10, "--db", db,
+                       "--json").stdout)
+    spread, of = d["held_out_spread"]
+    assert d["held_out_measurements"] == 10 + of  # the 4 repeated students held out have two measurements each
+    assert e.stdout.splitlines()[4] == (f"held out and measured more than once: {of}, of which {spread} spread by more "
+                                        "than 10% themselves" if of else "held out and measured more than once: none")
+    assert first.split()[-1] == f"{d['results'][0]['near_a_measurement'] / 10:.1%}"
     assert "noise floor: 4 of 4 repeated measurements within 10% of the first (100.0%" in e.stdout  # 2% noise
 
 
@@ -364,6 +377,7 @@ def test_an_export_without_samples_reimports_and_evaluates_the_same(tmp_path):
         (["latency", "eval", "--device", "local", "--sizes", "ten"], "--sizes must be integers"),
         (["latency", "sweep", "--n", "3", "--device", "pixel9"], "unknown device 'pixel9'"),
         (["latency", "sweep", "--n", "3", "--min-time", "-1"], "--min-time must be a number of seconds >= 0"),
+        (["latency", "sweep", "--n", "3", "--times", "0"], "Invalid value for '--times'"),
     ],
 )
 def test_bad_predictor_commands_are_one_line_errors(tmp_path, args, message):

@@ -320,8 +320,10 @@ def test_a_candidate_that_does_not_export_fails_and_its_training_is_cancelled(ra
 
     @ray_cluster.remote(num_cpus=0)
     def does_not_export():
-        deadline = time.monotonic() + 120
-        while not training_runs.exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + HUNG_S
+        while not training_runs.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the training did not start within {HUNG_S} s")
             time.sleep(0.05)
         raise ExportError("the converter cannot handle op X")
 
