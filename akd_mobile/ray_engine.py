@@ -367,7 +367,7 @@ def _connect(address: str, phone_resources: list[str]) -> bool:
         _check_phones(phone_resources, "the Ray cluster this process is in")
         return False
     options = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
-    with _sigterm_kept():
+    with signals_for_ray_init():
         if address == "auto":
             try:
                 ray.init(address="auto", **options)
@@ -465,12 +465,22 @@ def _unwrapped(exc: BaseException) -> BaseException:
 
 
 @contextlib.contextmanager
-def _sigterm_kept() -> Iterator[None]:
-    """Keep this process's SIGTERM handler across `ray.init`, which installs its own."""
-    main = threading.current_thread() is threading.main_thread()
-    saved = signal.getsignal(signal.SIGTERM) if main else None
+def signals_for_ray_init() -> Iterator[None]:
+    """Around `ray.init`: keep this process's SIGTERM handler (Ray installs its own), and let
+    the Ray processes it starts take SIGINT. A shell starts a background job (`cmd &` in a
+    script, as under `nohup`) with SIGINT ignored, and a process keeps an ignored signal
+    across exec: Ray's workers would then ignore the SIGINT by which `ray.cancel` stops a
+    running task, and a cancelled training would run on to its end."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    saved_term = signal.getsignal(signal.SIGTERM)
+    ignored_int = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored_int:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         yield
     finally:
-        if saved is not None:
-            signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGTERM, saved_term)
+        if ignored_int:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

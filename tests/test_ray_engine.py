@@ -48,8 +48,11 @@ def ray_cluster():
     """A local Ray this test starts (the engine joins it and leaves it running)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _system_config={"worker_niceness": 0})
+    from akd_mobile.ray_engine import signals_for_ray_init
+
+    with signals_for_ray_init():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 _system_config={"worker_niceness": 0})
     yield ray
     ray.shutdown()
 
@@ -189,6 +192,30 @@ def test_a_worker_or_phone_killed_mid_work_leaves_each_candidate_evaluated_once(
     assert summary.status == "done" and [r.status for r in rows] == ["done"] * 4
     measured = [r[0] for r in open_db(db).read("SELECT arch_key FROM measurements")]
     assert sorted(measured) == sorted({r.arch_key for r in rows})  # each measured once, none lost
+
+
+def test_ray_starts_its_processes_with_sigint_taken_and_keeps_the_sigterm_handler():
+    """A background job ignores SIGINT and Ray's processes would inherit that (so `ray.cancel`
+    could not stop a running training); around `ray.init` it is taken, then ignored again."""
+    import signal
+
+    from akd_mobile.ray_engine import signals_for_ray_init
+
+    def on_term(signum, frame):
+        pass
+
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, on_term)
+    try:
+        with signals_for_ray_init():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as ray.init does with a handler of its own
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is on_term
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with signals_for_ray_init():  # a SIGINT this process takes is left as it is
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
 
 
 def test_the_in_process_path_does_not_import_ray():
