@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from akd_base.errors import error_line, stops_the_run
-from akd_mobile.latency import LatencyService
+from akd_mobile.latency import LatencyOutcome, LatencyService
 from akd_mobile.space import ArchSpec, SearchSpace
 
 
@@ -99,38 +99,36 @@ def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, t
     measured = cached = failed = repeated = remeasured = 0
     done = 0
 
+    def attempt(arch: ArchSpec, get: Callable[[], LatencyOutcome]) -> LatencyOutcome | None:
+        """`get()` and report it; None after reporting an architecture's own failure (the
+        device's is raised)."""
+        nonlocal failed
+        try:
+            out = get()
+        except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the sweep goes on
+            if stops_the_run(exc):
+                raise
+            failed += 1
+            on_progress(SweepProgress(done, total, arch.key, None, False, error_line(exc)))
+            return None
+        on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, out.cached))
+        return out
+
     def again(arch: ArchSpec, wanted: bool, why_not: str) -> bool:
         """Measure `arch` once more if `wanted` (True when it was), else report what the
-        database holds; an architecture's own failure is reported, the device's raised."""
-        nonlocal failed
+        database holds."""
         if wanted:
-            try:
-                out = service.store(service.measure(arch))
-            except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the sweep goes on
-                if stops_the_run(exc):
-                    raise
-                failed += 1
-                on_progress(SweepProgress(done, total, arch.key, None, False, error_line(exc)))
-                return False
-            on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, False))
-            return True
+            return attempt(arch, lambda: service.store(service.measure(arch))) is not None
         hit = service.lookup(arch)
         on_progress(SweepProgress(done, total, arch.key, hit and hit.result.median_ms, True, None if hit else why_not))
         return False
 
     for position, arch in enumerate(archs, start=1):
         done += 1
-        try:
-            out = service.latency(arch)
-        except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the sweep goes on
-            if stops_the_run(exc):
-                raise
-            failed += 1
-            on_progress(SweepProgress(done, total, arch.key, None, False, error_line(exc)))
-        else:
+        out = attempt(arch, lambda: service.latency(arch))
+        if out is not None:
             measured += not out.cached
             cached += out.cached
-            on_progress(SweepProgress(done, total, arch.key, out.result.median_ms, out.cached))
         if position % 2 == 0 and position // 2 <= repeats:
             done += 1
             first = archs[position // 2 - 1]
