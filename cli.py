@@ -15,6 +15,7 @@ from akd_mobile import __version__
 from akd_mobile.augment import AUGMENTATIONS
 from akd_base.errors import AkdError, Interrupted
 from akd_mobile.finals import FinalizeConfig
+from akd_mobile.latency_recheck import RECHECK_ARCHS
 
 
 class AkdGroup(click.Group):
@@ -328,6 +329,21 @@ def report(run_ids, out, top, db_path, as_json):
 # ---------------------------------------------------------------- latency
 
 
+def measure_options(f):
+    """--threads, --warmup, --runs, --min-time: how a latency is measured, each defaulting to the
+    device profile's (`MeasureSettings.with_options`)."""
+    f = click.option("--min-time", "min_time_s", type=float, default=None,
+                     help="Least seconds of timed runs, in all: runs go on past --runs until then "
+                          "(default: the profile's).")(f)
+    f = click.option("--runs", type=click.IntRange(min=1), default=None,
+                     help="Timed runs, at least (default: the profile's).")(f)
+    f = click.option("--warmup", type=click.IntRange(min=0), default=None,
+                     help="Untimed runs first (default: the profile's).")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Inference threads (default: the profile's).")(f)
+    return f
+
+
 def _stats_line(r: dict[str, Any]) -> str:
     return (f"median {r['median_ms']:.3f} ms  mean {r['mean_ms']:.3f}  std {r['std_ms']:.3f}  "
             f"p90 {r['p90_ms'] or float('nan'):.3f}  min {r['min_ms']:.3f}  ({r['count']} runs)")
@@ -338,12 +354,7 @@ def _stats_line(r: dict[str, Any]) -> str:
 @click.option("--device", "device_name", default="local", show_default=True, help="Device profile name or .toml path.")
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None,
               help="Export format for an ARCH (default tflite); a file's own suffix otherwise.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the profile's).")
-@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed runs first (default: the profile's).")
-@click.option("--runs", type=click.IntRange(min=1), default=None, help="Timed runs, at least (default: the profile's).")
-@click.option("--min-time", "min_time_s", type=float, default=None,
-              help="Least seconds of timed runs, in all: runs go on past --runs until then "
-                   "(default: the profile's).")
+@measure_options
 @space_options
 @db_option
 @json_option
@@ -498,6 +509,12 @@ def _model_key(db, device: str, fmt: str, threads: int | None, runtime: str | No
     return resolve_key(db, device, fmt, threads, runtime)
 
 
+def show_recheck(r) -> None:
+    """One architecture of a `latency recheck` (a `Recheck`), for people."""
+    now = f"failed: {r.error}" if r.error else f"{r.now_ms:.3f} ms  x{r.ratio:.2f}"
+    click.echo(f"recheck {r.arch_key}  stored {r.stored_ms:.3f} ms ({r.stored_count})  now {now}")
+
+
 def predictor_options(f):
     """--device, --format, --threads, --runtime: which device's measurements a predictor is of."""
     f = click.option("--runtime", default=None, help="Runtime version, e.g. 'litert 2.3.0' (default: the newest measured).")(f)
@@ -518,20 +535,23 @@ def predictor_options(f):
                    "what latency eval judges a prediction against).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
-@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Default: the profile's.")
-@click.option("--runs", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
-@click.option("--min-time", "min_time_s", type=float, default=None, help="Default: the profile's.")
+@measure_options
+@click.option("--allow-drift", is_flag=True,
+              help="Add to the database's measurements of the device even when a recheck finds it more than 10% "
+                   "faster or slower than they say.")
 @space_options
 @db_option
 @json_option
 @verbose_option
-def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup, runs, min_time_s, space_name,
-                  input_shape, classes, db_path, as_json):
+def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup, runs, min_time_s, allow_drift,
+                  space_name, input_shape, classes, db_path, as_json):
     """Measure N students spread over the space's cost range, to fit a predictor (resumable:
-    the same command skips what the database holds)."""
+    the same command skips what the database holds; before it adds to what the database
+    holds of the device, it measures a few of those again and stops if the device's speed
+    changed, see latency recheck)."""
     from akd_mobile.latency import LatencyService
-    from akd_mobile.latency_sweep import run_sweep, sweep_archs
+    from akd_mobile.latency_eval import TOLERANCE
+    from akd_mobile.latency_sweep import check_speed, run_sweep, sweep_archs
     from devices.profiles import load_profile, open_device
     from latency_db import open_db
 
@@ -546,10 +566,50 @@ def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup,
             click.echo(f"{p.index}/{p.total}  {p.arch_key}  {what}")
 
     with open_db(db_path) as db:
-        summary = run_sweep(LatencyService(open_device(profile), db, settings), archs, repeat, times, show)
+        service = LatencyService(open_device(profile), db, settings)
+        if not allow_drift:
+            check_speed(service, archs, repeat, times, TOLERANCE, show_recheck if not as_json else lambda r: None)
+        summary = run_sweep(service, archs, repeat, times, show)
     d = dataclasses.asdict(summary)
     emit(d, as_json, f"measured {d['measured']}, already in the database {d['cached']}, failed {d['failed']}, "
                      f"repeated {d['repeated']}, measured again {d['remeasured']}")
+
+
+@latency.command("recheck")
+@click.option("--device", "device_name", default="local", show_default=True, help="Device profile name or .toml path.")
+@click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
+@measure_options
+@click.option("--archs", "count", type=click.IntRange(min=1), default=RECHECK_ARCHS, show_default=True,
+              help="Architectures measured again, spread over the stored latency range.")
+@click.option("--max-drift", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Percent: a median ratio (now over stored) further than this from 1 exits 1.")
+@click.option("--store", is_flag=True, help="Store the new measurements beside the old.")
+@db_option
+@json_option
+@verbose_option
+def latency_recheck(device_name, fmt, threads, warmup, runs, min_time_s, count, max_drift, store, db_path, as_json):
+    """Measure again a few architectures the database holds for this device and compare: does
+    it still run at the stored speed? Exits 1 when it drifted more than --max-drift."""
+    from akd_mobile.latency import LatencyService
+    from akd_mobile.latency_recheck import recheck
+    from devices.profiles import load_profile, open_device
+    from latency_db import open_db
+
+    profile = load_profile(device_name)
+    settings = profile.measure.with_options(fmt=fmt, threads=threads, warmup=warmup, runs=runs, min_time_s=min_time_s)
+
+    with open_db(db_path) as db:
+        service = LatencyService(open_device(profile), db, settings)
+        summary = recheck(service, count, max_drift / 100, store, show_recheck if not as_json else lambda r: None)
+    a = summary.agreement
+    verdict = (f"drifted: this device now runs {abs(summary.drift):.0%} {'slower' if summary.drift > 0 else 'faster'} "
+               f"than the database measured it; its stored latencies and latency model describe another speed"
+               if summary.drifted else f"within +-{max_drift:g}%: the stored latencies still describe this device")
+    emit(summary.to_dict(), as_json,
+         f"{service.key.describe()}, stored {summary.stored_from[:16]} .. {summary.stored_to[:16]} UTC: median ratio "
+         f"now/stored x{1 + summary.drift:.3f} (x{1 + summary.drift_low:.2f} .. x{1 + summary.drift_high:.2f}), "
+         f"{a.within} of {a.trials} within 10%; {verdict}")
+    return 1 if summary.drifted else 0
 
 
 @latency.command("fit")

@@ -114,17 +114,19 @@ class CandidateEvaluation:
     def plan(self, arch: ArchSpec, standing: Callable[[], Standing] = Standing) -> Plan:
         """The evaluation of `arch`: its latency (a database hit costs nothing; a measurement
         goes with the proxy training, see `MeasureAndTrain`) and its proxy accuracy; with a
-        latency model, the latency may be predicted or measured after the training, which
-        `standing` (where the run stands then) decides."""
+        latency model, the latency may be predicted or measured before or after the training,
+        which `standing` (where the run stands then, its latency model's drift included)
+        decides."""
         cost = self.space.cost(arch)
         spent = {"export_s": 0.0, "measure_s": 0.0, "train_s": 0.0}
         prediction = None
         cfg = self.config
         try:
             lat = self.service.lookup(arch)
+            now = standing()
             if lat is None and self.predictor is not None:
                 prediction = self._predict(arch)
-                bound = skip_bound(prediction, self.reward_config, self.hard)
+                bound = skip_bound(prediction, self.reward_config, self.hard, now)
                 if bound is not None:
                     return CandidateOutcome(
                         "skipped", latency_ms=prediction.median_ms, reward=bound, params=cost.params, macs=cost.macs,
@@ -135,7 +137,7 @@ class CandidateEvaluation:
                     )
             score: ProxyResult
             if lat is None and (prediction is None or measure_before_training(cfg.latency, prediction,
-                                                                             self.reward_config, self.hard)):
+                                                                             self.reward_config, self.hard, now)):
                 measured, score = yield MeasureAndTrain(arch)
                 lat = _spent_on(measured, spent)
             else:

@@ -16,6 +16,13 @@ Under the hard constraint, `predict` and `hybrid` do not train a candidate whose
 not exceed SKIP_REWARD even at accuracy 1 and the fast end of the band (four times the target
 or more): it is stored as `skipped`, that bound as its reward, and the reason.
 
+Both check the model against the run's own measurements: once MODEL_CHECK_MIN candidates were
+measured with a prediction beside them, and the median of measured over predicted is more
+than TOLERANCE off 1 (the device no longer runs at the speed the model was fitted at, see
+`latency recheck`), every candidate is measured before its training and none is skipped, as
+in `measure`, for as long as the median stays off. Predictions are still made and recorded,
+so the check goes on.
+
 An engine exports ahead of its training (in the background) each candidate whose latency may
 be measured at all (`may_be_measured`), so that a measurement after the training finds its
 export done; one it cannot need is not exported.
@@ -23,27 +30,50 @@ export done; one it cannot need is not exported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from akd_mobile.latency_eval import TOLERANCE
 from akd_mobile.latency_predictor import Prediction
 from akd_mobile.reward import RewardConfig, mnas_reward
 
 LATENCY_MODES = ("measure", "predict", "hybrid")
 TOP_MEASURED = 5
 SKIP_REWARD = 0.25
+MODEL_CHECK_MIN = 5
 
 
-def skip_bound(prediction: Prediction, reward: RewardConfig, hard: bool) -> float | None:
+def model_drift(measured_and_predicted: Sequence[tuple[float, float]]) -> float | None:
+    """The median of measured over predicted latency, minus 1 (+0.3: the device runs 30% slower
+    than its model says), of a run's candidates measured with a prediction beside them; None
+    with fewer than MODEL_CHECK_MIN."""
+    if len(measured_and_predicted) < MODEL_CHECK_MIN:
+        return None
+    return float(np.median([measured / predicted for measured, predicted in measured_and_predicted])) - 1
+
+
+def model_is_off(drift: float | None) -> bool:
+    """A `model_drift` more than TOLERANCE off 0: the model no longer describes the device."""
+    return drift is not None and abs(drift) > TOLERANCE
+
+
+def skip_bound(prediction: Prediction, reward: RewardConfig, hard: bool, standing: Standing) -> float | None:
     """The most a candidate can be rewarded when that is at most SKIP_REWARD under the hard
-    constraint (it need not be trained), else None."""
-    if not hard:
+    constraint (it need not be trained), else None (and None while the model is off)."""
+    if not hard or standing.model_off:
         return None
     bound = mnas_reward(1.0, max(prediction.low_ms, 1e-9), reward)
     return bound if bound <= SKIP_REWARD else None
 
 
-def measure_before_training(mode: str, prediction: Prediction, reward: RewardConfig, hard: bool) -> bool:
-    """Whether `hybrid` measures the candidate before training it (see the module docstring)."""
+def measure_before_training(mode: str, prediction: Prediction, reward: RewardConfig, hard: bool,
+                            standing: Standing) -> bool:
+    """Whether the candidate is measured before its training: by `hybrid` where the decision
+    depends on it, by both modes while the model is off (see the module docstring)."""
+    if standing.model_off:
+        return True
     if mode != "hybrid":
         return False
     straddles = hard and prediction.low_ms <= reward.target_ms <= prediction.high_ms
@@ -58,10 +88,17 @@ class Standing:
         rewards: its best rewards so far, best first, at most TOP_MEASURED.
         best_under_accuracy: the best accuracy of a candidate under the target so far, None
             before there is one.
+        model_drift: `model_drift` of its measured candidates, None before there are enough.
     """
 
     rewards: tuple[float, ...] = ()
     best_under_accuracy: float | None = None
+    model_drift: float | None = None
+
+    @property
+    def model_off(self) -> bool:
+        """The latency model is more than TOLERANCE off the run's measurements."""
+        return model_is_off(self.model_drift)
 
 
 def measure_after_training(prediction: Prediction, accuracy: float, reward: RewardConfig, standing: Standing) -> bool:
@@ -78,8 +115,9 @@ def may_be_measured(mode: str, prediction: Prediction, reward: RewardConfig, har
     """Whether a candidate's latency may be measured at some accuracy: before its training, or
     after it at accuracy 1, the most favourable. The rule after training only grows stricter
     as the run's standing improves (its top rewards and its best accuracy under the target
-    never fall), so a candidate that cannot be measured now never will."""
-    if skip_bound(prediction, reward, hard) is not None:
+    never fall), so a candidate that cannot be measured now never will, unless the model goes
+    off meanwhile (its export is then made when it is measured)."""
+    if skip_bound(prediction, reward, hard, standing) is not None:
         return False
-    return measure_before_training(mode, prediction, reward, hard) or measure_after_training(prediction, 1.0, reward,
-                                                                                             standing)
+    return (measure_before_training(mode, prediction, reward, hard, standing)
+            or measure_after_training(prediction, 1.0, reward, standing))

@@ -12,6 +12,11 @@ repeated half of what it measured, up to `repeat`. With `times` above 1 it then 
 the architectures again, until each has `times` measurements, each pass a whole sweep after
 the last: their median is a truer latency to test a predictor against than one measurement
 on a host whose speed drifts (`akd_mobile.latency_eval`).
+
+Before a sweep adds to measurements the database already holds of the device, `check_speed`
+measures a few of them again (`akd_mobile.latency_recheck`): on a machine of the same
+fingerprint but another speed (another cloud host, a phone with other firmware) it stops,
+rather than mix two speeds in one device's measurements.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from akd_base.errors import error_line, stops_the_run
+from akd_base.errors import DatabaseError, error_line, stops_the_run
 from akd_mobile.latency import LatencyOutcome, LatencyService
+from akd_mobile.latency_recheck import RECHECK_ARCHS, Recheck, RecheckSummary, recheck
 from akd_mobile.space import ArchSpec, SearchSpace
+from latency_db.predictors import measurement_counts
 
 
 POOL_PER_PICK = 20  # random samples drawn per architecture picked
@@ -83,6 +90,35 @@ class SweepSummary:
     remeasured: int
 
 
+def adds_measurements(counts: dict[str, int], archs: list[ArchSpec], repeat: int, times: int) -> bool:
+    """Whether a sweep of `archs` would measure anything, given each architecture's count of
+    measurements (`measurement_counts`); one whose export failed before counts as missing."""
+    repeats = min(repeat, len(archs) // 2)
+    return (any(counts.get(a.key, 0) < times for a in archs)
+            or any(counts.get(a.key, 0) < 2 for a in archs[:repeats]))
+
+
+def check_speed(service: LatencyService, archs: list[ArchSpec], repeat: int, times: int, max_drift: float,
+                on_each: Callable[[Recheck], None] = lambda r: None) -> RecheckSummary | None:
+    """When the sweep would add to measurements the database holds of the device, `recheck`
+    it first; None when there was nothing to check.
+
+    Raises:
+        DatabaseError: the device drifted more than `max_drift` from what the database holds.
+    """
+    assert service.db is not None, "a sweep stores what it measures"
+    counts = measurement_counts(service.db, service.key)
+    if not counts or not adds_measurements(counts, archs, repeat, times):
+        return None
+    summary = recheck(service, RECHECK_ARCHS, max_drift, on_each=on_each)
+    if summary.drifted:
+        raise DatabaseError(
+            f"this device runs {abs(summary.drift):.0%} {'slower' if summary.drift > 0 else 'faster'} than the "
+            f"{sum(counts.values())} measurements the database holds of it (median of {summary.agreement.trials} "
+            "measured again); a sweep here would mix two speeds: sweep into a new --db, or pass --allow-drift")
+    return summary
+
+
 def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, times: int = 1,
               on_progress: Callable[[SweepProgress], None] = lambda progress: None) -> SweepSummary:
     """Measure each of `archs` unless the database holds it, and the j-th again after the
@@ -91,8 +127,6 @@ def run_sweep(service: LatencyService, archs: list[ArchSpec], repeat: int = 0, t
     An architecture's own failure (it does not convert) is reported and skipped; the
     device's or the host's stops the sweep (raised).
     """
-    from latency_db.predictors import measurement_counts
-
     assert service.db is not None, "a sweep stores what it measures"
     repeats = min(repeat, len(archs) // 2)
     total = len(archs) + repeats + (times - 1) * len(archs)

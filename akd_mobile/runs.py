@@ -337,6 +337,13 @@ class RunStore:
         return tuple(r for (r,) in self.db.read("SELECT reward FROM candidates WHERE run_id = ? AND status = 'done' "
                                                 "AND reused = 0 ORDER BY reward DESC LIMIT ?", (run_id, count)))
 
+    def measured_and_predicted(self, run_id: int) -> list[tuple[float, float]]:
+        """(measured, predicted) latency of a run's candidates measured with a prediction
+        beside them (reuses left out), in the order they finished."""
+        return [(m, p) for m, p in self.db.read(
+            "SELECT latency_ms, predicted_ms FROM candidates WHERE run_id = ? AND status = 'done' AND reused = 0 "
+            "AND latency_source = 'measured' AND predicted_ms IS NOT NULL ORDER BY finished_at, id", (run_id,))]
+
     def best_accuracy_under(self, run_id: int, target_ms: float) -> float | None:
         """The highest accuracy of a run's evaluated candidates within `target_ms`."""
         return self.db.read("SELECT max(accuracy) FROM candidates WHERE run_id = ? AND status = 'done' AND reused = 0 "

@@ -34,7 +34,7 @@ from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
-from akd_mobile.latency_policy import LATENCY_MODES, TOP_MEASURED, Standing
+from akd_mobile.latency_policy import LATENCY_MODES, TOP_MEASURED, Standing, model_drift
 from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, SearchError, SpaceError, error_line,
                              stops_the_run)
 from akd_base.measurement import MeasureSettings
@@ -156,6 +156,7 @@ class SearchSummary:
     time_split_s: dict[str, float] = field(default_factory=dict)
     skipped_images: int = 0
     latency_sources: dict[str, int] = field(default_factory=dict)
+    model_drift: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -385,6 +386,7 @@ class _Recorder:
         self.report = report
         self.step = 0  # the latest step proposed, as progress shows it
         self.failures_in_a_row = 0
+        self.warned_model_off = False
 
     def finish(self, candidate_id: int, outcome: CandidateOutcome, checkpoint: Checkpoint | None = None) -> None:
         self.lease.check()
@@ -406,8 +408,15 @@ class _Recorder:
         """Where the run stands: its best rewards (each architecture once) and its best
         accuracy under the target."""
         target = self.config.target_ms
-        return Standing(self.store.top_rewards(self.run_id, TOP_MEASURED),
-                        None if target is None else self.store.best_accuracy_under(self.run_id, target))
+        drift = None if self.config.latency == "measure" else model_drift(
+            self.store.measured_and_predicted(self.run_id))
+        standing = Standing(self.store.top_rewards(self.run_id, TOP_MEASURED),
+                            None if target is None else self.store.best_accuracy_under(self.run_id, target), drift)
+        if standing.model_off and not self.warned_model_off:
+            self.warned_model_off = True
+            log.warning("the latency model is %+.0f%% off this run's measured candidates (the device's speed changed? "
+                        "akd-mobile latency recheck): measuring every candidate while it stays off", 100 * drift)
+        return standing
 
 
 def _batches(rec: _Recorder, step: int, strategy: Any, engine: Engine) -> None:
@@ -568,4 +577,5 @@ def summarize(store: RunStore, run_id: int, seconds: float | None = None) -> Sea
         time_split_s=split,
         skipped_images=run.inputs.get("data", {}).get("skipped_images", 0),
         latency_sources=_latency_sources(rows),
+        model_drift=model_drift(store.measured_and_predicted(run_id)),
     )

@@ -17,15 +17,16 @@ from akd_base.errors import PredictorError
 from akd_base.measurement import LatencyResult
 from akd_mobile.distill import ProxyResult
 from akd_mobile.latency import LatencyOutcome, LatencyService
-from akd_mobile.latency_policy import (SKIP_REWARD, TOP_MEASURED, Standing, may_be_measured, measure_after_training,
-                                       measure_before_training, skip_bound)
+from akd_mobile.latency_policy import (MODEL_CHECK_MIN, SKIP_REWARD, TOP_MEASURED, Standing, may_be_measured,
+                                       measure_after_training, measure_before_training, model_drift, model_is_off,
+                                       skip_bound)
 from akd_mobile.latency_predictor import Prediction, fit_stored
 from akd_mobile.reward import RewardConfig
 from akd_mobile.space import get_space
 from devices.local import LocalDevice
 from latency_db import open_db
 from search_support import evaluate_one, in_process_engine
-from test_latency_predictor import archs, law_ms, record
+from latency_support import archs, law_ms, record
 
 SPACE = get_space("mnasnet-small")
 HARD, SOFT = RewardConfig.constraint("hard", 1.0), RewardConfig.constraint("soft", 1.0)
@@ -36,19 +37,19 @@ def prediction(ms: float, band: float = 0.1, extrapolated: bool = False) -> Pred
 
 
 def test_the_hard_constraint_skips_only_what_cannot_score():
-    assert skip_bound(prediction(5.0), HARD, hard=True) == pytest.approx(1 / 4.5)  # 4.5 ms at the fast end
-    assert skip_bound(prediction(4.0), HARD, hard=True) is None  # 3.6 ms: up to 0.28 > SKIP_REWARD
-    assert skip_bound(prediction(50.0), SOFT, hard=False) is None  # the soft reward is never near zero
+    assert skip_bound(prediction(5.0), HARD, True, Standing()) == pytest.approx(1 / 4.5)  # 4.5 ms at the fast end
+    assert skip_bound(prediction(4.0), HARD, True, Standing()) is None  # 3.6 ms: up to 0.28 > SKIP_REWARD
+    assert skip_bound(prediction(50.0), SOFT, False, Standing()) is None  # the soft reward is never near zero
     assert SKIP_REWARD == 0.25
 
 
 def test_hybrid_measures_before_training_where_the_decision_depends_on_it():
-    assert measure_before_training("hybrid", prediction(1.05), HARD, hard=True)  # 0.945 .. 1.155 holds the target
-    assert not measure_before_training("hybrid", prediction(1.2), HARD, hard=True)  # 1.08 .. 1.32: surely over
-    assert not measure_before_training("hybrid", prediction(0.8), HARD, hard=True)  # surely under
-    assert not measure_before_training("hybrid", prediction(1.0), SOFT, hard=False)  # smooth reward
-    assert measure_before_training("hybrid", prediction(0.3, extrapolated=True), SOFT, hard=False)
-    assert not measure_before_training("predict", prediction(1.0, extrapolated=True), HARD, hard=True)
+    assert measure_before_training("hybrid", prediction(1.05), HARD, True, Standing())  # 0.945 .. 1.155: holds it
+    assert not measure_before_training("hybrid", prediction(1.2), HARD, True, Standing())  # 1.08 .. 1.32: surely over
+    assert not measure_before_training("hybrid", prediction(0.8), HARD, True, Standing())  # surely under
+    assert not measure_before_training("hybrid", prediction(1.0), SOFT, False, Standing())  # smooth reward
+    assert measure_before_training("hybrid", prediction(0.3, extrapolated=True), SOFT, False, Standing())
+    assert not measure_before_training("predict", prediction(1.0, extrapolated=True), HARD, True, Standing())
 
 
 def test_a_candidate_that_may_enter_the_top_or_lead_under_the_target_is_measured():
@@ -87,12 +88,30 @@ def test_a_candidate_ruled_out_now_stays_ruled_out_as_the_run_improves():
         best = rng.choice((None, rng.uniform(0.0, 1.0)))
         better = None if best is None and rng.random() < 0.5 else max(best or 0.0, rng.uniform(0.0, 1.0))
         accuracy = rng.uniform(0.0, 1.0)
-        if skip_bound(p, reward, hard) is None and measure_after_training(
+        if skip_bound(p, reward, hard, Standing()) is None and measure_after_training(
                 p, accuracy, reward, Standing(tuple(later[:TOP_MEASURED]), better)):
             checked += 1
             for mode in ("predict", "hybrid"):
                 assert may_be_measured(mode, p, reward, hard, Standing(tuple(earlier), best))
     assert checked > 500
+
+
+def test_the_model_is_judged_on_enough_of_the_runs_measurements():
+    assert model_drift([(1.3, 1.0)] * (MODEL_CHECK_MIN - 1)) is None and MODEL_CHECK_MIN == 5
+    assert model_drift([(1.3, 1.0), (2.6, 2.0), (0.5, 1.0), (1.0, 1.0), (3.9, 3.0)]) == pytest.approx(0.3)  # median
+    assert not model_is_off(None) and not model_is_off(0.1) and not model_is_off(-0.1)
+    assert model_is_off(0.11) and model_is_off(-0.11)
+    assert Standing(model_drift=0.3).model_off and not Standing(model_drift=0.05).model_off
+
+
+def test_while_the_model_is_off_every_candidate_is_measured_before_training_and_none_skipped():
+    off, top = Standing((0.9,) * TOP_MEASURED, 0.9, model_drift=-0.25), Standing((0.9,) * TOP_MEASURED, 0.9)
+    for mode in ("predict", "hybrid"):
+        for p in (prediction(0.5), prediction(1.5), prediction(5.0)):
+            assert measure_before_training(mode, p, HARD, True, off) and may_be_measured(mode, p, HARD, True, off)
+            assert skip_bound(p, HARD, True, off) is None
+        assert not measure_before_training(mode, prediction(0.5), HARD, True, top)  # the same, the model fine
+        assert not may_be_measured(mode, prediction(5.0), HARD, True, top)
 
 
 MEASURE = search_module.SearchConfig(threads=1, warmup=0, runs=1, min_time_s=0.0).measure
@@ -161,7 +180,7 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
             expected = [a.key for a in students
                         if may_be_measured(mode, evaluation.predictor.predict(a), reward, True, full)]
             assert exported == expected
-            kept = [a for a in students if skip_bound(evaluation.predictor.predict(a), reward, True) is None]
+            kept = [a for a in students if skip_bound(evaluation.predictor.predict(a), reward, True, full) is None]
             assert 0 < len(exported) < len(kept), (mode, len(exported), len(kept))
             assert set(measured) <= set(exported)
             # as the run improves (its standing read off the outcomes so far), every candidate measured was
@@ -192,12 +211,12 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
                                     max(under, default=None))
                 outcome = evaluate_one(engine, arch, standing)
                 assert p.model_id == model.id and outcome.predicted_ms == pytest.approx(p.median_ms)
-                if skip_bound(p, reward, hard=True) is not None:
+                if skip_bound(p, reward, True, standing) is not None:
                     assert outcome.status == "skipped" and not trained and not measured
                     assert outcome.reward <= SKIP_REWARD and "not trained" in outcome.error
                     seen["skipped"] += 1
                     continue
-                before = measure_before_training(mode, p, reward, hard=True)
+                before = measure_before_training(mode, p, reward, True, standing)
                 after = not before and measure_after_training(p, fake_proxy(arch).accuracy, reward, standing)
                 assert measured == ([arch.key] if before or after else []), (mode, arch.key)
                 assert outcome.status == "done" and outcome.latency_model_id == model.id
@@ -207,6 +226,30 @@ def test_the_evaluator_measures_exactly_what_the_rule_names(modelled_db, monkeyp
                 seen["before" if before else "after" if after else "predicted"] += 1
             engine.close()
             assert all(seen.values()) if mode == "hybrid" else seen["before"] == 0, (mode, seen)
+
+
+def test_the_evaluator_measures_everything_while_the_model_is_off(modelled_db, monkeypatch):
+    db_path, device = modelled_db
+    measured, trained = [], []
+    monkeypatch.setattr(LatencyService, "latency", lambda self, arch, weights=None: measured.append(arch.key) or
+                        LatencyOutcome(LatencyResult.from_samples([law_ms(arch) * 1.3]), False, 0.0, 0.0, None,
+                                       arch.key, "tflite", self.info.fingerprint, self.runtime))
+    monkeypatch.setattr(distill_module, "proxy_score", lambda arch, *a, **k: trained.append(arch.key) or
+                        ProxyResult(0.6, 0.1, 0.0, 1, 1.0, 1, 1, 0.0))
+    students = archs(6, seed=9)
+    with open_db(db_path) as db:
+        fit_stored(db, LatencyService(device, db, MEASURE).key)
+        target = min(law_ms(a) for a in students) / 5  # every student far over it: skipped while the model is fine
+        config = search_module.SearchConfig(constraint="hard", target_ms=target, latency="hybrid", threads=1,
+                                            warmup=0, runs=1, min_time_s=0.0, reward="ce")
+        engine = in_process_engine(config, search_module.SearchInputs(None, SPACE, None, {}), db, device)
+        monkeypatch.setattr(engine.exporter, "submit", lambda batch: None)
+        fine = [evaluate_one(engine, a, Standing()) for a in students]
+        assert [o.status for o in fine] == ["skipped"] * 6 and not measured and not trained
+        off = [evaluate_one(engine, a, Standing(model_drift=0.3)) for a in students]
+        engine.close()
+    assert [o.status for o in off] == ["done"] * 6 and measured == trained == [a.key for a in students]
+    assert all(o.latency_source == "measured" and o.predicted_ms is not None for o in off)
 
 
 def test_a_predicting_search_without_a_model_stops_before_a_run_exists(tmp_path):
@@ -270,3 +313,34 @@ def test_rows_say_where_each_latency_came_from(tmp_path, monkeypatch):
         write_report(db, [summary.run_id], tmp_path / "report")
     svg = next((tmp_path / "report").rglob("accuracy_latency*.svg")).read_text()
     assert "candidate at its predicted latency" in svg and "hollow: predicted" in svg
+
+
+@pytest.mark.parametrize("mode", ["predict", "measure"])
+def test_a_predicting_run_judges_its_model_on_its_measured_candidates(tmp_path, monkeypatch, mode):
+    """Measured 30% slower than predicted: from the sixth candidate on the run stands with its
+    model off (a search that only measures never asks), and the summary says so."""
+    from akd_mobile.report import format_summary
+    from akd_mobile.runs import CandidateOutcome
+    from search_support import ClosedFormEvaluator, engine_of
+
+    standings = []
+
+    class Slow(ClosedFormEvaluator):
+        def evaluate(self, arch, on_phase=lambda phase: None, standing=None):
+            standings.append(standing)
+            return CandidateOutcome("done", accuracy=0.5, latency_ms=1.3, reward=0.5, params=1, macs=1,
+                                    latency_source="measured", predicted_ms=1.0, latency_model_id=3)
+
+    monkeypatch.setattr(engines_module, "open_engine", engine_of(Slow))
+    config = search_module.SearchConfig(target_ms=2.0, data="digits", reward="ce", budget=7, strategy="random",
+                                        latency=mode)
+    summary = search_module.run_search(config, tmp_path / "db.sqlite")
+    drifts = [s.model_drift for s in standings]
+    if mode == "measure":
+        assert drifts == [None] * 7
+    else:
+        assert drifts[:MODEL_CHECK_MIN] == [None] * MODEL_CHECK_MIN
+        assert drifts[MODEL_CHECK_MIN:] == [pytest.approx(0.3)] * 2 and standings[-1].model_off
+    assert summary.model_drift == pytest.approx(0.3)  # the rows say it, whichever mode stored them
+    assert "latency model against this run's measured candidates: median +30.0% (off: candidates measured before " \
+           "training while it was)" in format_summary(summary)
