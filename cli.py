@@ -16,6 +16,7 @@ from akd_mobile.augment import AUGMENTATIONS
 from akd_base.errors import AkdError, Interrupted
 from akd_mobile.finals import FinalizeConfig
 from akd_mobile.latency_recheck import RECHECK_ARCHS
+from akd_base.measurement import TOLERANCE
 
 
 class AkdGroup(click.Group):
@@ -537,8 +538,8 @@ def predictor_options(f):
 @click.option("--format", "fmt", type=click.Choice(["tflite", "pte"]), default=None, help="Default: tflite.")
 @measure_options
 @click.option("--allow-drift", is_flag=True,
-              help="Add to the database's measurements of the device even when a recheck finds it more than 10% "
-                   "faster or slower than they say.")
+              help=f"Skip the recheck: add to the database's measurements of the device whatever its speed now "
+                   f"(without it, a device more than {TOLERANCE:.0%} faster or slower than they say stops the sweep).")
 @space_options
 @db_option
 @json_option
@@ -550,7 +551,6 @@ def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup,
     holds of the device, it measures a few of those again and stops if the device's speed
     changed, see latency recheck)."""
     from akd_mobile.latency import LatencyService
-    from akd_mobile.latency_eval import TOLERANCE
     from akd_mobile.latency_sweep import check_speed, run_sweep, sweep_archs
     from devices.profiles import load_profile, open_device
     from latency_db import open_db
@@ -567,8 +567,10 @@ def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup,
 
     with open_db(db_path) as db:
         service = LatencyService(open_device(profile), db, settings)
-        if not allow_drift:
-            check_speed(service, archs, repeat, times, TOLERANCE, show_recheck if not as_json else lambda r: None)
+        checked = None if allow_drift else check_speed(service, archs, repeat, times, TOLERANCE,
+                                                       show_recheck if not as_json else lambda r: None)
+        if checked is not None and not as_json:
+            click.echo(f"recheck: the device runs at {checked.describe()}, within +-{TOLERANCE:.0%}: sweeping on")
         summary = run_sweep(service, archs, repeat, times, show)
     d = dataclasses.asdict(summary)
     emit(d, as_json, f"measured {d['measured']}, already in the database {d['cached']}, failed {d['failed']}, "
@@ -581,9 +583,9 @@ def latency_sweep(device_name, count, repeat, times, seed, fmt, threads, warmup,
 @measure_options
 @click.option("--archs", "count", type=click.IntRange(min=1), default=RECHECK_ARCHS, show_default=True,
               help="Architectures measured again, spread over the stored latency range.")
-@click.option("--max-drift", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--max-drift", type=click.FloatRange(min=0, min_open=True), default=100 * TOLERANCE, show_default=True,
               help="Percent: a median ratio (now over stored) further than this from 1 exits 1.")
-@click.option("--store", is_flag=True, help="Store the new measurements beside the old.")
+@click.option("--store", is_flag=True, help="Store the new measurements beside the old, unless the device drifted.")
 @db_option
 @json_option
 @verbose_option
@@ -602,13 +604,14 @@ def latency_recheck(device_name, fmt, threads, warmup, runs, min_time_s, count, 
         service = LatencyService(open_device(profile), db, settings)
         summary = recheck(service, count, max_drift / 100, store, show_recheck if not as_json else lambda r: None)
     a = summary.agreement
-    verdict = (f"drifted: this device now runs {abs(summary.drift):.0%} {'slower' if summary.drift > 0 else 'faster'} "
-               f"than the database measured it; its stored latencies and latency model describe another speed"
-               if summary.drifted else f"within +-{max_drift:g}%: the stored latencies still describe this device")
+    verdict = (f"drifted: this device now runs at {summary.describe()}; they, and its latency model, describe "
+               "another speed" if summary.drifted else
+               f"within +-{max_drift:g}%: the stored latencies still describe this device")
+    kept = "" if not store else " (new measurements stored)" if summary.stored else " (not stored: drifted)"
     emit(summary.to_dict(), as_json,
          f"{service.key.describe()}, stored {summary.stored_from[:16]} .. {summary.stored_to[:16]} UTC: median ratio "
          f"now/stored x{1 + summary.drift:.3f} (x{1 + summary.drift_low:.2f} .. x{1 + summary.drift_high:.2f}), "
-         f"{a.within} of {a.trials} within 10%; {verdict}")
+         f"{a.within} of {a.trials} within {TOLERANCE:.0%}; {verdict}{kept}")
     return 1 if summary.drifted else 0
 
 

@@ -47,6 +47,10 @@ class PredictorError(AkdError):
     """Too few measurements to fit a latency predictor, or no predictor for a device."""
 
 
+class DriftError(AkdError):
+    """A device that no longer runs at the speed the latency database measured it at."""
+
+
 class DatabaseError(AkdError):
     """A latency database that cannot be opened, migrated or queried."""
 

@@ -21,6 +21,13 @@ OPTION_OF = {"fmt": "--format", "threads": "--threads", "warmup": "--warmup", "r
              "min_time_s": "--min-time"}
 PROFILE_KEYS = ("threads", "warmup", "runs", "min_time_s")  # the fields a device profile may set
 _LEAST_COUNT = {"threads": 1, "warmup": 0, "runs": 1}
+TOLERANCE = 0.10  # two latencies agree within +-10%: a prediction and a measurement, or a device now and then
+
+
+def within_tolerance(relative_errors: Any, tolerance: float = TOLERANCE) -> Any:
+    """Whether each relative error (a number, or a numpy array of them) lies within
+    +-`tolerance`, the bound itself included."""
+    return abs(relative_errors) <= tolerance + 1e-12
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,10 @@ class CandidateEvaluation:
         cfg = self.config
         try:
             lat = self.service.lookup(arch)
-            now = standing()
+            before = lat is None  # without a latency model, a latency the database lacks is measured
             if lat is None and self.predictor is not None:
                 prediction = self._predict(arch)
+                now = standing()
                 bound = skip_bound(prediction, self.reward_config, self.hard, now)
                 if bound is not None:
                     return CandidateOutcome(
@@ -135,9 +136,9 @@ class CandidateEvaluation:
                         error=f"not trained: predicted {prediction.median_ms:.3f} ms (+-{prediction.band:.0%}), so "
                               f"its reward under the hard {cfg.target_ms:g} ms target is at most {bound:.3f}",
                     )
+                before = measure_before_training(cfg.latency, prediction, self.reward_config, self.hard, now)
             score: ProxyResult
-            if lat is None and (prediction is None or measure_before_training(cfg.latency, prediction,
-                                                                             self.reward_config, self.hard, now)):
+            if before:
                 measured, score = yield MeasureAndTrain(arch)
                 lat = _spent_on(measured, spent)
             else:

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from akd_base.errors import PredictorError
+from akd_base.measurement import TOLERANCE, within_tolerance
 from akd_mobile.latency_predictor import MIN_ARCHS, arch_latency, fit_model, measured_archs
 from latency_db.predictors import KeyedMeasurement, ModelKey
 
-TOLERANCE = 0.10
 CONFIDENCE = 0.95
 SIZES = (10, 30, 100, 300)
 
@@ -47,11 +47,6 @@ def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFI
     if not 0 <= successes <= trials or trials < 1:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
     return 0.0 if successes == 0 else float(beta.ppf(1 - confidence, successes, trials - successes + 1))
-
-
-def within_tolerance(relative_errors: np.ndarray | float) -> np.ndarray | bool:
-    """Whether each relative error is within +-TOLERANCE (10% itself included)."""
-    return np.abs(relative_errors) <= TOLERANCE + 1e-12
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,14 @@ Under the hard constraint, `predict` and `hybrid` do not train a candidate whose
 not exceed SKIP_REWARD even at accuracy 1 and the fast end of the band (four times the target
 or more): it is stored as `skipped`, that bound as its reward, and the reason.
 
-Both check the model against the run's own measurements: once MODEL_CHECK_MIN candidates were
-measured with a prediction beside them, and the median of measured over predicted is more
-than TOLERANCE off 1 (the device no longer runs at the speed the model was fitted at, see
-`latency recheck`), every candidate is measured before its training and none is skipped, as
-in `measure`, for as long as the median stays off. Predictions are still made and recorded,
-so the check goes on.
+Both check the model against the run's own measurements: the last MODEL_CHECK_WINDOW of the
+run's candidates measured with a prediction of the model beside them (at least
+MODEL_CHECK_MIN): when the median of measured over predicted is more than TOLERANCE off 1
+(the device no longer runs at the speed the model was fitted at, see `latency recheck`),
+every candidate the database does not hold is measured before its training and none is
+skipped, as in `measure`, for as long as the median stays off. Predictions are still made and
+recorded, so the check goes on; a window of recent ones follows a device that changed within
+the run (a resume on another machine).
 
 An engine exports ahead of its training (in the background) each candidate whose latency may
 be measured at all (`may_be_measured`), so that a measurement after the training finds its
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from akd_mobile.latency_eval import TOLERANCE
+from akd_base.measurement import TOLERANCE, within_tolerance
 from akd_mobile.latency_predictor import Prediction
 from akd_mobile.reward import RewardConfig, mnas_reward
 
@@ -43,12 +45,13 @@ LATENCY_MODES = ("measure", "predict", "hybrid")
 TOP_MEASURED = 5
 SKIP_REWARD = 0.25
 MODEL_CHECK_MIN = 5
+MODEL_CHECK_WINDOW = 10
 
 
 def model_drift(measured_and_predicted: Sequence[tuple[float, float]]) -> float | None:
     """The median of measured over predicted latency, minus 1 (+0.3: the device runs 30% slower
-    than its model says), of a run's candidates measured with a prediction beside them; None
-    with fewer than MODEL_CHECK_MIN."""
+    than its model says), of candidates measured with a prediction beside them; None with
+    fewer than MODEL_CHECK_MIN."""
     if len(measured_and_predicted) < MODEL_CHECK_MIN:
         return None
     return float(np.median([measured / predicted for measured, predicted in measured_and_predicted])) - 1
@@ -56,7 +59,7 @@ def model_drift(measured_and_predicted: Sequence[tuple[float, float]]) -> float 
 
 def model_is_off(drift: float | None) -> bool:
     """A `model_drift` more than TOLERANCE off 0: the model no longer describes the device."""
-    return drift is not None and abs(drift) > TOLERANCE
+    return drift is not None and not within_tolerance(drift)
 
 
 def skip_bound(prediction: Prediction, reward: RewardConfig, hard: bool, standing: Standing) -> float | None:
@@ -88,7 +91,8 @@ class Standing:
         rewards: its best rewards so far, best first, at most TOP_MEASURED.
         best_under_accuracy: the best accuracy of a candidate under the target so far, None
             before there is one.
-        model_drift: `model_drift` of its measured candidates, None before there are enough.
+        model_drift: `model_drift` of its last MODEL_CHECK_WINDOW candidates measured with a
+            prediction of its model, None before there are enough.
     """
 
     rewards: tuple[float, ...] = ()
@@ -103,7 +107,10 @@ class Standing:
 
 def measure_after_training(prediction: Prediction, accuracy: float, reward: RewardConfig, standing: Standing) -> bool:
     """Whether a trained candidate may enter the run's top TOP_MEASURED by reward, or become
-    its best under the target, at the fast end of its band: then it is measured."""
+    its best under the target, at the fast end of its band (or the model went off during its
+    training): then it is measured."""
+    if standing.model_off:
+        return True
     fast = max(prediction.low_ms, 1e-9)
     if len(standing.rewards) < TOP_MEASURED or mnas_reward(accuracy, fast, reward) >= standing.rewards[-1]:
         return True

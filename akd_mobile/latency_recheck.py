@@ -16,15 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from akd_base.errors import DatabaseError, error_line, stops_the_run
-from akd_mobile.latency_eval import TOLERANCE, Agreement
-from akd_mobile.latency_predictor import arch_latency, measured_archs
-from latency_db.predictors import keyed_measurements
+from akd_base.measurement import TOLERANCE, within_tolerance
 
 if TYPE_CHECKING:
-    from akd_mobile.latency import LatencyService
+    from collections.abc import Sequence
+
+    from akd_mobile.latency import LatencyService, NewMeasurement
+    from akd_mobile.latency_eval import Agreement
     from akd_mobile.space import ArchSpec
 
 RECHECK_ARCHS = 8
@@ -67,7 +66,8 @@ class RecheckSummary:
         drift_high: the largest ratio minus 1.
         agreement: how many new measurements lie within +-10% of their stored latency.
         max_drift: the drift beyond which the device counts as changed.
-        stored: whether the new measurements were stored.
+        stored: whether the new measurements were stored (asked for, and the device had not
+            drifted).
     """
 
     rechecks: tuple[Recheck, ...]
@@ -83,7 +83,12 @@ class RecheckSummary:
     @property
     def drifted(self) -> bool:
         """The device runs more than `max_drift` faster or slower than the database says."""
-        return abs(self.drift) > self.max_drift
+        return not within_tolerance(self.drift, self.max_drift)
+
+    def describe(self) -> str:
+        """The drift for people, e.g. `x1.70 the stored latencies (70.0% slower)`."""
+        return (f"x{1 + self.drift:.2f} the stored latencies ({abs(self.drift):.1%} "
+                f"{'slower' if self.drift > 0 else 'faster'})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,9 +102,11 @@ class RecheckSummary:
         }
 
 
-def spread_picks(latencies: np.ndarray, count: int) -> list[int]:
-    """Indices of `count` of `latencies` (all when fewer), evenly spaced in latency order,
-    fastest and slowest included."""
+def spread_picks(latencies: Sequence[float], count: int) -> list[int]:
+    """Indices of `count` of `latencies` (all when fewer), evenly spaced in latency order from
+    the fastest (the slowest too, for a count of two or more)."""
+    import numpy as np
+
     order = np.argsort(latencies, kind="stable")
     if count >= len(order):
         return [int(i) for i in order]
@@ -110,14 +117,20 @@ def spread_picks(latencies: np.ndarray, count: int) -> list[int]:
 def recheck(service: LatencyService, count: int = RECHECK_ARCHS, max_drift: float = TOLERANCE, store: bool = False,
             on_each: Callable[[Recheck], None] = lambda r: None) -> RecheckSummary:
     """Measure again `count` architectures the database holds under `service.key` (exported
-    again where the export cache lacks them) and compare; with `store`, the new measurements
-    are stored beside the old. An architecture's own failure is reported and left out; the
-    device's or the host's is raised.
+    again where the export cache lacks them) and compare. With `store`, the new measurements
+    are stored beside the old unless the device drifted (that would mix two speeds). An
+    architecture's own failure is reported and left out; the device's or the host's is raised.
 
     Raises:
         DatabaseError: the database holds no measurement under the service's key, or every
             recheck failed.
     """
+    import numpy as np
+
+    from akd_mobile.latency_eval import Agreement
+    from akd_mobile.latency_predictor import arch_latency, measured_archs
+    from latency_db.predictors import keyed_measurements
+
     assert service.db is not None, "a recheck compares with the database"
     measurements = keyed_measurements(service.db, service.key)
     if not measurements:
@@ -127,28 +140,30 @@ def recheck(service: LatencyService, count: int = RECHECK_ARCHS, max_drift: floa
     picks = spread_picks(stored_ms, count)
     picked = {keys[i] for i in picks}
     dates = [m.measured_at for m in measurements if m.arch_key in picked]
-    rechecks = []
+    rechecks, new = [], []
     for i in picks:
-        one = _measure_again(service, archs[i], keys[i], float(stored_ms[i]), len(per_arch_ms[i]), store)
+        one, measured = _measure_again(service, archs[i], keys[i], float(stored_ms[i]), len(per_arch_ms[i]))
         on_each(one)
         rechecks.append(one)
+        new += [measured] if measured else []
     ratios = np.array([r.ratio for r in rechecks if r.ratio is not None])
     if not len(ratios):
         raise DatabaseError(f"none of the {len(rechecks)} architectures could be measured again: "
                             f"{rechecks[0].error}")
-    return RecheckSummary(tuple(rechecks), min(dates), max(dates), float(np.median(ratios)) - 1,
-                          float(ratios.min()) - 1, float(ratios.max()) - 1, Agreement.of(ratios - 1), max_drift,
-                          store)
+    drift = float(np.median(ratios)) - 1
+    keep = store and within_tolerance(drift, max_drift)
+    for measured in new if keep else []:
+        service.store(measured)
+    return RecheckSummary(tuple(rechecks), min(dates), max(dates), drift, float(ratios.min()) - 1,
+                          float(ratios.max()) - 1, Agreement.of(ratios - 1), max_drift, keep)
 
 
-def _measure_again(service: LatencyService, arch: ArchSpec, key: str, stored_ms: float, stored_count: int,
-                   store: bool) -> Recheck:
+def _measure_again(service: LatencyService, arch: ArchSpec, key: str, stored_ms: float,
+                   stored_count: int) -> tuple[Recheck, NewMeasurement | None]:
     try:
         new = service.measure(arch)
     except Exception as exc:  # noqa: BLE001 - one architecture's failure is reported, the recheck goes on
         if stops_the_run(exc):
             raise
-        return Recheck(key, stored_ms, stored_count, error=error_line(exc))
-    if store:
-        service.store(new)
-    return Recheck(key, stored_ms, stored_count, new.outcome.result.median_ms)
+        return Recheck(key, stored_ms, stored_count, error=error_line(exc)), None
+    return Recheck(key, stored_ms, stored_count, new.outcome.result.median_ms), new

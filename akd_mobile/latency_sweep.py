@@ -26,11 +26,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from akd_base.errors import DatabaseError, error_line, stops_the_run
+from akd_base.errors import DatabaseError, DriftError, error_line, stops_the_run
 from akd_mobile.latency import LatencyOutcome, LatencyService
 from akd_mobile.latency_recheck import RECHECK_ARCHS, Recheck, RecheckSummary, recheck
 from akd_mobile.space import ArchSpec, SearchSpace
-from latency_db.predictors import measurement_counts
+from latency_db.predictors import keyed_measurements, measurement_counts
 
 
 POOL_PER_PICK = 20  # random samples drawn per architecture picked
@@ -104,18 +104,22 @@ def check_speed(service: LatencyService, archs: list[ArchSpec], repeat: int, tim
     it first; None when there was nothing to check.
 
     Raises:
-        DatabaseError: the device drifted more than `max_drift` from what the database holds.
+        DriftError: the device drifted more than `max_drift` from what the database holds, or
+            none of the architectures rechecked could be measured.
     """
     assert service.db is not None, "a sweep stores what it measures"
     counts = measurement_counts(service.db, service.key)
-    if not counts or not adds_measurements(counts, archs, repeat, times):
+    if not keyed_measurements(service.db, service.key) or not adds_measurements(counts, archs, repeat, times):
         return None
-    summary = recheck(service, RECHECK_ARCHS, max_drift, on_each=on_each)
+    way_out = "sweep into a new --db, or pass --allow-drift"
+    try:
+        summary = recheck(service, RECHECK_ARCHS, max_drift, on_each=on_each)
+    except DatabaseError as exc:
+        raise DriftError(f"cannot check the device against its stored measurements: {exc}; {way_out}") from exc
     if summary.drifted:
-        raise DatabaseError(
-            f"this device runs {abs(summary.drift):.0%} {'slower' if summary.drift > 0 else 'faster'} than the "
-            f"{sum(counts.values())} measurements the database holds of it (median of {summary.agreement.trials} "
-            "measured again); a sweep here would mix two speeds: sweep into a new --db, or pass --allow-drift")
+        raise DriftError(f"this device now runs at {summary.describe()} of the {sum(counts.values())} measurements "
+                         f"the database holds of it (median of {summary.agreement.trials} measured again); a sweep "
+                         f"here would mix two speeds: {way_out}")
     return summary
 
 

@@ -135,11 +135,13 @@ def format_summary(summary: Any) -> str:
         lines.append(f"latency ({cfg.get('latency', 'measure')}): " + ", ".join(
             f"{n} {source}" for source, n in summary.latency_sources.items() if n))
     if summary.model_drift is not None:
+        from akd_base.measurement import TOLERANCE
         from akd_mobile.latency_policy import model_is_off
 
-        lines.append(f"latency model against this run's measured candidates: median {summary.model_drift:+.1%}"
-                     + (" (off: candidates measured before training while it was)"
-                        if model_is_off(summary.model_drift) else ""))
+        lines.append(f"latency model against this run's {summary.model_checked} measured candidates: median "
+                     f"{summary.model_drift:+.1%}" + (f", off by more than {TOLERANCE:.0%}: the device's speed changed? "
+                                                       "(akd-mobile latency recheck)"
+                                                       if model_is_off(summary.model_drift) else ""))
     for title, c in (("best reward", summary.best), ("best under target", summary.best_under_target)):
         if c is None:
             lines.append(f"{title}: none")

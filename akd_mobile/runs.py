@@ -337,12 +337,16 @@ class RunStore:
         return tuple(r for (r,) in self.db.read("SELECT reward FROM candidates WHERE run_id = ? AND status = 'done' "
                                                 "AND reused = 0 ORDER BY reward DESC LIMIT ?", (run_id, count)))
 
-    def measured_and_predicted(self, run_id: int) -> list[tuple[float, float]]:
+    def measured_and_predicted(self, run_id: int, model_id: int | None = None,
+                               last: int | None = None) -> list[tuple[float, float]]:
         """(measured, predicted) latency of a run's candidates measured with a prediction
-        beside them (reuses left out), in the order they finished."""
+        beside them (reuses left out): of latency model `model_id` only, when given, and the
+        `last` to finish only, when given; newest first."""
+        by_model = "" if model_id is None else " AND latency_model_id = ?"
         return [(m, p) for m, p in self.db.read(
             "SELECT latency_ms, predicted_ms FROM candidates WHERE run_id = ? AND status = 'done' AND reused = 0 "
-            "AND latency_source = 'measured' AND predicted_ms IS NOT NULL ORDER BY finished_at, id", (run_id,))]
+            f"AND latency_source = 'measured' AND predicted_ms IS NOT NULL{by_model} ORDER BY finished_at DESC, id DESC "
+            "LIMIT ?", (run_id, *(() if model_id is None else (model_id,)), -1 if last is None else last))]
 
     def best_accuracy_under(self, run_id: int, target_ms: float) -> float | None:
         """The highest accuracy of a run's evaluated candidates within `target_ms`."""

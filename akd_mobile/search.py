@@ -34,7 +34,7 @@ from akd_mobile import __version__
 from akd_mobile.controller import STRATEGIES, make_strategy
 from akd_mobile.data import DataOptions, Dataset
 from akd_mobile.distill import ProxyBudget
-from akd_mobile.latency_policy import LATENCY_MODES, TOP_MEASURED, Standing, model_drift
+from akd_mobile.latency_policy import LATENCY_MODES, MODEL_CHECK_WINDOW, TOP_MEASURED, Standing, model_drift
 from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, SearchError, SpaceError, error_line,
                              stops_the_run)
 from akd_base.measurement import MeasureSettings
@@ -157,6 +157,7 @@ class SearchSummary:
     skipped_images: int = 0
     latency_sources: dict[str, int] = field(default_factory=dict)
     model_drift: float | None = None
+    model_checked: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -369,7 +370,9 @@ def _run(config: SearchConfig, engine: Engine, store: RunStore, run_id: int,
     if state is not None:
         strategy.load_state_dict(state)
     store.set_status(run_id, "running")
-    recorder = _Recorder(config, store, run_id, lease, on_progress or (lambda progress: None))
+    predictor = engine.evaluation.predictor
+    recorder = _Recorder(config, store, run_id, lease, on_progress or (lambda progress: None),
+                         None if predictor is None else predictor.stored.id)
     (_steady_state if strategy.steady_state else _batches)(recorder, step, strategy, engine)
 
 
@@ -378,8 +381,9 @@ class _Recorder:
     reports progress (read from the database with a few indexed queries, not every row)."""
 
     def __init__(self, config: SearchConfig, store: RunStore, run_id: int, lease: RunLease,
-                 report: Callable[[Progress], None]) -> None:
+                 report: Callable[[Progress], None], model_id: int | None) -> None:
         self.config = config
+        self.model_id = model_id  # the latency model the run predicts with, None when it only measures
         self.store = store
         self.run_id = run_id
         self.lease = lease
@@ -405,17 +409,19 @@ class _Recorder:
         self.report(dataclasses.replace(self.progress(None), phase=phase, current=arch.key))
 
     def standing(self) -> Standing:
-        """Where the run stands: its best rewards (each architecture once) and its best
-        accuracy under the target."""
+        """Where the run stands: its best rewards (each architecture once), its best accuracy
+        under the target and, when it predicts, how far its latency model is off its recent
+        measurements (`latency_policy`; the first time it is off, a warning says so)."""
         target = self.config.target_ms
-        drift = None if self.config.latency == "measure" else model_drift(
-            self.store.measured_and_predicted(self.run_id))
+        drift = None if self.model_id is None else model_drift(
+            self.store.measured_and_predicted(self.run_id, self.model_id, MODEL_CHECK_WINDOW))
         standing = Standing(self.store.top_rewards(self.run_id, TOP_MEASURED),
                             None if target is None else self.store.best_accuracy_under(self.run_id, target), drift)
         if standing.model_off and not self.warned_model_off:
             self.warned_model_off = True
-            log.warning("the latency model is %+.0f%% off this run's measured candidates (the device's speed changed? "
-                        "akd-mobile latency recheck): measuring every candidate while it stays off", 100 * drift)
+            log.warning("the latency model is %+.0f%% off this run's recent measured candidates: measuring every "
+                        "candidate the database does not hold while it stays off. Has the device's speed changed? "
+                        "Then its stored latencies are suspect too (akd-mobile latency recheck)", 100 * drift)
         return standing
 
 
@@ -554,6 +560,7 @@ def summarize(store: RunStore, run_id: int, seconds: float | None = None) -> Sea
     """The summary of a stored run: best candidate overall and best under the target."""
     run = store.get_run(run_id)
     rows = store.candidates(run_id)
+    checked = store.measured_and_predicted(run_id)
     done = [r for r in rows if r.status == "done"]
     target = run.config.get("target_ms")
     best = max(done, key=lambda r: r.reward, default=None)
@@ -577,5 +584,6 @@ def summarize(store: RunStore, run_id: int, seconds: float | None = None) -> Sea
         time_split_s=split,
         skipped_images=run.inputs.get("data", {}).get("skipped_images", 0),
         latency_sources=_latency_sources(rows),
-        model_drift=model_drift(store.measured_and_predicted(run_id)),
+        model_drift=model_drift(checked),
+        model_checked=len(checked),
     )

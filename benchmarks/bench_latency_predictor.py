@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                                 str(args.n), "--repeat", str(args.repeat), "--times", str(args.times),
                                 "--format", args.fmt, "--db", str(args.db)])
         if sweep.returncode != 0:
-            raise SystemExit(f"the sweep stopped (exit {sweep.returncode}); run the same command again to resume")
+            raise SystemExit(f"the sweep stopped (exit {sweep.returncode}, its message above); after an "
+                             "interruption the same command resumes it")
     sweep_s = time.time() - start
     load_after = os.getloadavg()
     common = ["--device", "local", "--format", args.fmt, "--db", str(args.db)]

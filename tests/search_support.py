@@ -11,7 +11,10 @@ from akd_mobile.runs import CandidateOutcome
 
 
 class ClosedFormEvaluator:
-    """Scores each candidate with `outcome(arch)`; subclasses say how."""
+    """Scores each candidate with `outcome(arch)`; subclasses say how (and may set
+    `predictor`, whose `stored.id` names the latency model a predicting run uses)."""
+
+    predictor = None
 
     def __init__(self, config, inputs, db, device):
         self.space = inputs.space
@@ -32,7 +35,8 @@ class EvaluatorEngine:
 
     def __init__(self, evaluator, inputs):
         self.inner = evaluator
-        self.evaluation = SimpleNamespace(space=inputs.space, inputs=inputs)
+        self.evaluation = SimpleNamespace(space=inputs.space, inputs=inputs,
+                                          predictor=getattr(evaluator, "predictor", None))
 
     def evaluate(self, candidates, standing, on_phase):
         """As the in-process engine: it holds the candidate it evaluates and the next."""

@@ -112,6 +112,9 @@ def test_while_the_model_is_off_every_candidate_is_measured_before_training_and_
             assert skip_bound(p, HARD, True, off) is None
         assert not measure_before_training(mode, prediction(0.5), HARD, True, top)  # the same, the model fine
         assert not may_be_measured(mode, prediction(5.0), HARD, True, top)
+    # gone off while it trained (measured before training otherwise): measured after it, at any accuracy
+    assert measure_after_training(prediction(3.0), 0.1, HARD, off)
+    assert not measure_after_training(prediction(3.0), 0.1, HARD, top)
 
 
 MEASURE = search_module.SearchConfig(threads=1, warmup=0, runs=1, min_time_s=0.0).measure
@@ -316,31 +319,67 @@ def test_rows_say_where_each_latency_came_from(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["predict", "measure"])
-def test_a_predicting_run_judges_its_model_on_its_measured_candidates(tmp_path, monkeypatch, mode):
-    """Measured 30% slower than predicted: from the sixth candidate on the run stands with its
-    model off (a search that only measures never asks), and the summary says so."""
+def test_a_predicting_run_judges_its_model_on_its_recent_measured_candidates(tmp_path, monkeypatch, caplog, mode):
+    """Five candidates measured as predicted, then ten 30% slower: the run's model goes off
+    once the slow ones are the most of the last MODEL_CHECK_WINDOW (a search that only
+    measures has no model to judge); a warning says so once, and the summary gives the median
+    over all of them."""
+    from types import SimpleNamespace
+
     from akd_mobile.report import format_summary
     from akd_mobile.runs import CandidateOutcome
     from search_support import ClosedFormEvaluator, engine_of
 
     standings = []
 
-    class Slow(ClosedFormEvaluator):
+    class Slowing(ClosedFormEvaluator):
+        predictor = SimpleNamespace(stored=SimpleNamespace(id=3)) if mode == "predict" else None
+
         def evaluate(self, arch, on_phase=lambda phase: None, standing=None):
             standings.append(standing)
-            return CandidateOutcome("done", accuracy=0.5, latency_ms=1.3, reward=0.5, params=1, macs=1,
-                                    latency_source="measured", predicted_ms=1.0, latency_model_id=3)
+            return CandidateOutcome("done", accuracy=0.5, latency_ms=1.0 if len(standings) <= 5 else 1.3, reward=0.5,
+                                    params=1, macs=1, latency_source="measured", predicted_ms=1.0,
+                                    latency_model_id=3)
 
-    monkeypatch.setattr(engines_module, "open_engine", engine_of(Slow))
-    config = search_module.SearchConfig(target_ms=2.0, data="digits", reward="ce", budget=7, strategy="random",
+    monkeypatch.setattr(engines_module, "open_engine", engine_of(Slowing))
+    config = search_module.SearchConfig(target_ms=2.0, data="digits", reward="ce", budget=15, strategy="random",
                                         latency=mode)
-    summary = search_module.run_search(config, tmp_path / "db.sqlite")
-    drifts = [s.model_drift for s in standings]
+    with caplog.at_level("WARNING", logger="akd_mobile.search"):
+        summary = search_module.run_search(config, tmp_path / "db.sqlite")
+    warnings = [r.getMessage() for r in caplog.records if "latency model is" in r.getMessage()]
     if mode == "measure":
-        assert drifts == [None] * 7
+        assert [s.model_drift for s in standings] == [None] * 15 and not warnings
     else:
-        assert drifts[:MODEL_CHECK_MIN] == [None] * MODEL_CHECK_MIN
-        assert drifts[MODEL_CHECK_MIN:] == [pytest.approx(0.3)] * 2 and standings[-1].model_off
-    assert summary.model_drift == pytest.approx(0.3)  # the rows say it, whichever mode stored them
-    assert "latency model against this run's measured candidates: median +30.0% (off: candidates measured before " \
-           "training while it was)" in format_summary(summary)
+        # candidate i (from 0) stands on the i finished before it: 5 at x1.0, then i - 5 at x1.3
+        assert [s.model_drift for s in standings[:MODEL_CHECK_MIN]] == [None] * MODEL_CHECK_MIN
+        # the 11th stands on 5 at x1.0 and 5 at x1.3 (median x1.15), the 15th on 1 and 9 of the last 10 (x1.30)
+        assert [s.model_off for s in standings] == [False] * 10 + [True] * 5
+        assert standings[10].model_drift == pytest.approx(0.15) and standings[14].model_drift == pytest.approx(0.3)
+        assert len(warnings) == 1 and warnings[0].startswith("the latency model is +15% off")
+    assert summary.model_drift == pytest.approx(0.3) and summary.model_checked == 15  # the rows say it
+    assert "latency model against this run's 15 measured candidates: median +30.0%, off by more than 10%: the " \
+           "device's speed changed? (akd-mobile latency recheck)" in format_summary(summary)
+
+
+def test_the_model_is_judged_only_on_its_own_measured_candidates(tmp_path):
+    """Predicted, database, reused and failed rows, and another model's, are left out; the
+    newest first, as many as asked."""
+    from akd_mobile.runs import CandidateOutcome, RunStore
+
+    with open_db(tmp_path / "db.sqlite") as db:
+        store = RunStore(db)
+        run_id = store.create_run({"budget": 9}, {}, {})
+        rows = [("measured", 1.2, 7, False, "done"), ("predicted", 1.0, 7, False, "done"),
+                ("database", 1.0, 7, False, "done"), ("measured", 1.5, 7, True, "done"),
+                ("measured", 1.7, 8, False, "done"), ("measured", 1.4, 7, False, "done"),
+                ("measured", 1.3, 7, False, "done"), ("measured", None, 7, False, "failed")]
+        students = archs(len(rows), seed=4)
+        for i, (source, ms, model, reused, status) in enumerate(rows):
+            [cid] = store.add_pending(run_id, i, [(students[i].canonical, students[i].key)])
+            outcome = CandidateOutcome(status, accuracy=0.5 if ms else None, latency_ms=ms, reward=0.5 if ms else None,
+                                       params=1, macs=1, latency_source=source, predicted_ms=1.0,
+                                       latency_model_id=model, reused=reused, error=None if ms else "x")
+            store.finish(cid, outcome)
+        assert store.measured_and_predicted(run_id, 7) == [(1.3, 1.0), (1.4, 1.0), (1.2, 1.0)]
+        assert store.measured_and_predicted(run_id, 7, last=2) == [(1.3, 1.0), (1.4, 1.0)]
+        assert sorted(store.measured_and_predicted(run_id)) == [(1.2, 1.0), (1.3, 1.0), (1.4, 1.0), (1.7, 1.0)]

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import akd_mobile.latency
 import devices.profiles
-from akd_base.errors import DatabaseError, DeviceUnavailable
-from akd_mobile.latency_predictor import arch_latency, measured_archs
+from akd_base.errors import DatabaseError, DeviceUnavailable, DriftError
+from akd_mobile.latency_predictor import measured_archs
 from akd_mobile.latency_recheck import RECHECK_ARCHS, recheck, spread_picks
 from akd_mobile.latency_sweep import adds_measurements, check_speed, run_sweep, sweep_archs
 from cli import cli
@@ -41,24 +41,29 @@ def test_a_device_at_its_stored_speed_passes_and_stores_nothing(tmp_path):
     assert [r.stored_ms for r in summary.rechecks] == sorted(r.stored_ms for r in summary.rechecks)
 
 
-def test_a_slower_device_drifts_and_store_keeps_the_new_measurements(tmp_path):
+def test_a_slower_device_drifts_and_store_keeps_only_measurements_of_the_stored_speed(tmp_path):
     path = law_database(tmp_path / "l.sqlite", 20)
     with open_db(path) as db:
         summary = recheck(FakeService(db, speed=1.3), 5, store=True)
+        assert db.stats().measurements == 20 and not summary.stored  # two speeds are not mixed
+        kept = recheck(FakeService(db, speed=1.04), 5, store=True)
         measurements = keyed_measurements(db, KEY)
     assert summary.drift == pytest.approx(0.3) and summary.drifted and summary.agreement.within == 0
     assert summary.drift_low == pytest.approx(0.3) and summary.drift_high == pytest.approx(0.3)
-    assert len(measurements) == 25
+    assert summary.describe() == "x1.30 the stored latencies (30.0% slower)"
+    assert kept.stored and not kept.drifted and len(measurements) == 25
     keys, archs, per_arch = measured_archs(measurements)
     twice = [ms for ms in per_arch if len(ms) == 2]
-    assert len(twice) == 5 and all(b == pytest.approx(1.3 * a) for a, b in twice)
+    assert len(twice) == 5 and all(b == pytest.approx(1.04 * a) for a, b in twice)
 
 
 def test_a_drift_within_the_limit_is_not_a_change(tmp_path):
     with open_db(law_database(tmp_path / "l.sqlite", 20)) as db:
         assert not recheck(FakeService(db, speed=1.08), 4).drifted
         assert recheck(FakeService(db, speed=1.08), 4, max_drift=0.05).drifted
-        assert recheck(FakeService(db, speed=0.8), 4).drift == pytest.approx(-0.2)
+        faster = recheck(FakeService(db, speed=0.8), 4)
+        assert faster.drift == pytest.approx(-0.2) and faster.describe() == "x0.80 the stored latencies (20.0% faster)"
+        assert not recheck(FakeService(db, speed=1.1), 4).drifted  # the bound itself is within, as in latency eval
 
 
 def test_the_stored_latency_is_the_median_of_an_architectures_measurements(tmp_path):
@@ -66,7 +71,7 @@ def test_the_stored_latency_is_the_median_of_an_architectures_measurements(tmp_p
     with open_db(path) as db:
         _, archs, per_arch = measured_archs(keyed_measurements(db, KEY))
         summary = recheck(FakeService(db), 12)
-    stored = dict(zip([a.key for a in archs], arch_latency(per_arch)))
+    stored = {a.key: float(np.median(ms)) for a, ms in zip(archs, per_arch)}
     for r in summary.rechecks:
         assert r.stored_count == 2 and r.stored_ms == pytest.approx(stored[r.arch_key])
         assert r.now_ms == pytest.approx(law_ms(next(a for a in archs if a.key == r.arch_key)))
@@ -75,7 +80,7 @@ def test_the_stored_latency_is_the_median_of_an_architectures_measurements(tmp_p
 def test_one_failing_architecture_is_reported_and_left_out(tmp_path):
     with open_db(law_database(tmp_path / "l.sqlite", 20)) as db:
         _, archs, per_arch = measured_archs(keyed_measurements(db, KEY))
-        fastest = archs[int(np.argmin(arch_latency(per_arch)))].key
+        fastest = archs[int(np.argmin([min(ms) for ms in per_arch]))].key
         summary = recheck(FakeService(db, fail={fastest}, speed=1.2), 4)
     failed = [r for r in summary.rechecks if r.error]
     assert [r.arch_key for r in failed] == [fastest] and "does not convert" in failed[0].error
@@ -128,7 +133,7 @@ def test_the_command_exits_0_at_the_stored_speed_and_1_when_drifted(tmp_path, fa
     assert text.exit_code == 0 and "within +-50%" in text.output
     fake_device(0.7)
     fast = run("--archs", 4, "--db", db)
-    assert fast.exit_code == 1 and "drifted: this device now runs 30% faster than the database" in fast.output
+    assert fast.exit_code == 1 and "drifted: this device now runs at x0.70 the stored latencies (30.0% faster)" in fast.output
     with open_db(db) as opened:
         assert opened.stats().measurements == 20  # nothing stored without --store
 
@@ -171,9 +176,13 @@ def test_a_sweep_rechecks_before_adding_and_stops_on_a_drifted_device(tmp_path):
         assert summary is not None and not summary.drifted and len(same.measured) == 6  # all 6 held, rechecked
         assert db.stats().measurements == 6  # a recheck stores nothing
         slow = FakeService(db, speed=1.3)
-        with pytest.raises(DatabaseError, match=r"this device runs 30% slower than the 6 measurements the database "
-                                                r"holds of it .*sweep into a new --db, or pass --allow-drift"):
+        with pytest.raises(DriftError, match=r"this device now runs at x1.30 the stored latencies \(30.0% slower\) of "
+                                             r"the 6 measurements the database holds of it .*sweep into a new --db, or "
+                                             r"pass --allow-drift"):
             check_speed(slow, picked, 0, 1, 0.1)
+        broken = FakeService(db, fail={a.key for a in picked})
+        with pytest.raises(DriftError, match="none of the 6 architectures could be measured again.*--allow-drift"):
+            check_speed(broken, picked, 0, 1, 0.1)
         run_sweep(FakeService(db), picked)
         done = FakeService(db, speed=1.3)
         assert check_speed(done, picked, 0, 1, 0.1) is None and not done.measured  # nothing left to add
@@ -184,9 +193,14 @@ def test_the_sweep_command_refuses_a_drifted_device_unless_allowed(tmp_path, fak
     fake_device(1.3)
     refused = CliRunner().invoke(cli, ["latency", "sweep", "--n", "3", "--db", str(db)])
     assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output
-    assert "this device runs 30% slower than the 20 measurements" in refused.stderr
+    assert "this device now runs at x1.30 the stored latencies (30.0% slower) of the 20 measurements" in refused.stderr
     assert refused.stdout.count("recheck ") == RECHECK_ARCHS
     with open_db(db) as opened:
         assert opened.stats().measurements == 20
     allowed = CliRunner().invoke(cli, ["latency", "sweep", "--n", "3", "--allow-drift", "--db", str(db)])
     assert allowed.exit_code == 0 and "recheck" not in allowed.stdout and "measured 3" in allowed.stdout, allowed.output
+    fake_device(1.02)
+    more = CliRunner().invoke(cli, ["latency", "sweep", "--n", "3", "--times", "2", "--db", str(db)])
+    assert more.exit_code == 0, more.output
+    assert "recheck: the device runs at x1.02 the stored latencies (2.0% slower), within +-10%: sweeping on" in more.stdout
+    assert "measured 0, already in the database 3, failed 0, repeated 0, measured again 3" in more.stdout
