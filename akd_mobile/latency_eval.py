@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from akd_base.errors import PredictorError
-from akd_base.measurement import TOLERANCE, within_tolerance
+from akd_base.measurement import within_tolerance
 from akd_mobile.latency_predictor import MIN_ARCHS, arch_latency, fit_model, measured_archs
 from latency_db.predictors import KeyedMeasurement, ModelKey
 

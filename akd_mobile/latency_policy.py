@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from akd_base.measurement import TOLERANCE, within_tolerance
+from akd_base.measurement import within_tolerance
 from akd_mobile.latency_predictor import Prediction
 from akd_mobile.reward import RewardConfig, mnas_reward
 

@@ -38,7 +38,7 @@ from akd_mobile.latency_policy import LATENCY_MODES, MODEL_CHECK_WINDOW, TOP_MEA
 from akd_base.errors import (AkdError, DeviceError, HostError, Interrupted, SearchError, SpaceError, error_line,
                              stops_the_run)
 from akd_base.measurement import MeasureSettings
-from akd_mobile.reward import CONSTRAINTS, RewardConfig, mnas_reward
+from akd_mobile.reward import CONSTRAINTS
 from akd_mobile.runs import CandidateOutcome, CandidateRow, Checkpoint, LeaseLost, RunLease, RunStore
 from akd_mobile.signals import signal_name, signal_number, signals_as_interrupts
 from akd_mobile.space import ArchSpec, SearchSpace, get_space
