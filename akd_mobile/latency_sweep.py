@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,8 +109,8 @@ def check_speed(service: LatencyService, archs: list[ArchSpec], repeat: int, tim
             none of the architectures rechecked could be measured.
     """
     assert service.db is not None, "a sweep stores what it measures"
-    counts = measurement_counts(service.db, service.key)
-    if not keyed_measurements(service.db, service.key) or not adds_measurements(counts, archs, repeat, times):
+    counts = Counter(m.arch_key for m in keyed_measurements(service.db, service.key))  # those a recheck can use
+    if not counts or not adds_measurements(counts, archs, repeat, times):
         return None
     way_out = "sweep into a new --db, or pass --allow-drift"
     try:
